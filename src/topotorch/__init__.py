@@ -1,0 +1,11 @@
+"""topotorch: spatially embedded neural networks in PyTorch."""
+from . import layout
+from .layout import Layout, distance
+from .graph import NeuronGraph, NeuronLayer, Port, WeightLayer, embed
+from .costs import WiringCost
+from .relocate import relocate
+from .models import MLP
+
+__version__ = "0.1.0"
+__all__ = ["layout", "Layout", "distance", "NeuronGraph", "NeuronLayer", "Port", "WeightLayer", "embed",
+           "WiringCost", "relocate", "MLP"]
