@@ -275,37 +275,37 @@ def embed(model: nn.Sequential, layouts: LayoutSpec | Sequence[LayoutSpec] = "li
             raise ValueError(f"embed() cannot place units through {type(m).__name__}: only nn.Linear and "
                              "elementwise modules are supported; declare the graph by hand")
     sizes = [linears[0].in_features] + [m.out_features for m in linears]
+    for k, (a, b) in enumerate(zip(linears, linears[1:])):
+        if b.in_features != a.out_features:
+            raise ValueError(f"linear layer {k + 1} expects {b.in_features} inputs but the previous layer has "
+                             f"{a.out_features} units")
     specs = list(layouts) if isinstance(layouts, (list, tuple)) else [layouts] * len(sizes)
     if len(specs) != len(sizes):
         raise ValueError(f"got {len(specs)} layouts for {len(sizes)} neuron layers {sizes}")
     folds = [in_fold] + [1] * (len(sizes) - 2) + [out_fold]
+    names = ["input"] + [f"hidden{i}" for i in range(1, len(sizes) - 1)] + ["output"]
+    lays = [_make_layout(spec, n, f) for n, spec, f in zip(sizes, specs, folds)]
+    for m in model:
+        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+            raise ValueError(f"LayerNorm over {tuple(m.normalized_shape)} is not per-unit")
+
+    # Everything is validated: only now touch the user's model.
     dev = linears[0].weight.device
     model.register_buffer(IN_PERM, torch.arange(sizes[0], device=dev))
     model.register_buffer(OUT_PERM, torch.arange(sizes[-1], device=dev))
-
     g = NeuronGraph()
     g.model = model
-    names = ["input"] + [f"hidden{i}" for i in range(1, len(sizes) - 1)] + ["output"]
-    for i, (n, spec, f) in enumerate(zip(sizes, specs, folds)):
-        g.add_layer(names[i], _make_layout(spec, n, f))
+    for name, lay in zip(names, lays):
+        g.add_layer(name, lay)
     g.add_port(0, Port(model, IN_PERM, 0))
     cur = 0
     for idx, m in enumerate(model):
         if isinstance(m, nn.Linear):
-            if m.in_features != g.layers[cur].n:
-                raise ValueError(f"layer {idx}: nn.Linear expects {m.in_features} inputs but the previous "
-                                 f"layer has {g.layers[cur].n} units")
             g.connect(m, cur, cur + 1, name=f"{idx}")
             cur += 1
-        elif isinstance(m, nn.BatchNorm1d):
+        elif isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)):
             for nm in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(m, nm, None) is not None:
-                    g.add_port(cur, Port(m, nm, 0))
-        elif isinstance(m, nn.LayerNorm):
-            if tuple(m.normalized_shape) != (g.layers[cur].n,):
-                raise ValueError(f"layer {idx}: LayerNorm over {m.normalized_shape} is not per-layer")
-            for nm in ("weight", "bias"):
-                if getattr(m, nm, None) is not None:
+                if isinstance(getattr(m, nm, None), torch.Tensor):
                     g.add_port(cur, Port(m, nm, 0))
     g.add_port(len(sizes) - 1, Port(model, OUT_PERM, 0))
     g._hooks.append(model.register_forward_pre_hook(_in_perm_hook))

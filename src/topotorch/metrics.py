@@ -1,0 +1,236 @@
+"""Pruning and the structure of a spatial network: connectivity, dependencies, modules, modularity.
+
+Indices of inputs and outputs are the model's own (0-based, before the input/output permutations), so
+``dependencies()[0] == [0, 2]`` reads "output y1 depends on x1 and x3" whatever the relocation did.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+from torch import nn
+
+from .graph import NeuronGraph
+from .layout import distance
+
+__all__ = ["Snapshot", "threshold", "count_kept", "connectivity", "dependencies", "modules", "module_extents", "extents_overlap",
+           "modularity", "modularity_q", "wiring_length"]
+
+
+@dataclass
+class Snapshot:
+    """Parameters saved by :func:`threshold`; ``revert()`` puts them back."""
+
+    model: nn.Module
+    saved: dict
+    kept: int
+    total: int
+
+    @torch.no_grad()
+    def revert(self) -> None:
+        for name, p in self.model.named_parameters():
+            if name in self.saved:
+                p.copy_(self.saved[name])
+
+
+@torch.no_grad()
+def threshold(model: nn.Module, thr: float) -> Snapshot:
+    """Zero every parameter entry with ``|p| <= thr`` (BIMT's thresholding); returns a revertible snapshot."""
+    if not thr >= 0:
+        raise ValueError(f"threshold must be non-negative, got {thr}")
+    saved, kept, total = {}, 0, 0
+    for name, p in model.named_parameters():
+        if not p.is_floating_point():
+            continue
+        saved[name] = p.detach().clone()
+        mask = p.abs() > thr
+        kept += int(mask.sum())
+        total += p.numel()
+        p.mul_(mask)
+    return Snapshot(model, saved, kept, total)
+
+
+def count_kept(model: nn.Module, thr: float) -> tuple[int, int]:
+    """(parameters with ``|p| > thr``, all floating-point parameters)."""
+    ps = [p for p in model.parameters() if p.is_floating_point()]
+    return sum(int((p.abs() > thr).sum()) for p in ps), sum(p.numel() for p in ps)
+
+
+def _strength(w) -> torch.Tensor:
+    W = w.weight.detach().abs()
+    return W.flatten(2).sum(-1) if W.dim() > 2 else W
+
+
+def connectivity(graph: NeuronGraph, thr: float = 0.0) -> list[torch.Tensor]:
+    """Per weight layer, the boolean ``(dst.n, src.n)`` matrix of connections with strength ``> thr``."""
+    return [(_strength(w) > thr).cpu() for w in graph.weights]
+
+
+def _io_labels(graph: NeuronGraph):
+    """Original input index of every input unit, original output index of every output unit."""
+    ip, op = graph.input_perm(), graph.output_perm()
+    n_in, n_out = graph.layers[0].n, graph.layers[-1].n
+    ip = torch.arange(n_in) if ip is None else ip.cpu()
+    op = torch.arange(n_out) if op is None else op.cpu()
+    return ip.tolist(), op.tolist()
+
+
+def dependencies(graph: NeuronGraph, thr: float = 0.0) -> list[list[int]]:
+    """For each model output ``o`` (original index), the sorted inputs it depends on through kept weights."""
+    for w in graph.weights:
+        if w.dst <= w.src:
+            raise ValueError("dependencies() needs weight layers ordered forward (dst > src)")
+    conn = connectivity(graph, thr)
+    L = len(graph.layers)
+    reach: list[torch.Tensor | None] = [None] * L  # reach[i][u, o]: unit u of layer i feeds output unit o
+    reach[-1] = torch.eye(graph.layers[-1].n, dtype=torch.float64)
+    for i in range(L - 2, -1, -1):
+        acc = torch.zeros(graph.layers[i].n, graph.layers[-1].n, dtype=torch.float64)
+        for w, A in zip(graph.weights, conn):
+            if w.src == i and reach[w.dst] is not None:
+                acc += A.double().T @ reach[w.dst]
+        reach[i] = (acc > 0).double()
+    ip, op = _io_labels(graph)
+    deps: list[list[int]] = [[] for _ in op]
+    for unit_out, o in enumerate(op):
+        deps[o] = sorted(ip[u] for u in torch.nonzero(reach[0][:, unit_out]).flatten().tolist())
+    return deps
+
+
+def _adjacency(graph: NeuronGraph, thr: float) -> tuple[csr_matrix, np.ndarray]:
+    """Symmetric weighted adjacency over all units (kept |W| as weights) and each layer's offset."""
+    offs = np.cumsum([0] + [l.n for l in graph.layers])
+    rows, cols, vals = [], [], []
+    for w in graph.weights:
+        S = _strength(w).double().cpu().numpy()
+        d, s = np.nonzero(S > thr)
+        rows += [offs[w.dst] + d, offs[w.src] + s]
+        cols += [offs[w.src] + s, offs[w.dst] + d]
+        vals += [S[d, s], S[d, s]]
+    N = int(offs[-1])
+    if rows:
+        A = csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(N, N))
+    else:
+        A = csr_matrix((N, N))
+    return A, offs
+
+
+def modules(graph: NeuronGraph, thr: float = 0.0) -> list[dict]:
+    """Connected components of the pruned network that contain an output.
+
+    Returns ``[{"inputs": [...], "outputs": [...]}, ...]`` with original indices, sorted by first output.
+    """
+    comp, offs = _components(graph, thr)
+    ip, op = _io_labels(graph)
+    found: dict[int, dict] = {}
+    for unit, o in enumerate(op):
+        c = comp[offs[-2] + unit]
+        found.setdefault(c, {"inputs": [], "outputs": []})["outputs"].append(o)
+    for unit, x in enumerate(ip):
+        c = comp[offs[0] + unit]
+        if c in found:
+            found[c]["inputs"].append(x)
+    out = [{"inputs": sorted(set(m["inputs"])), "outputs": sorted(m["outputs"])} for m in found.values()]
+    return sorted(out, key=lambda m: m["outputs"][0])
+
+
+def _components(graph: NeuronGraph, thr: float):
+    A, offs = _adjacency(graph, thr)
+    _, comp = connected_components(A, directed=False)
+    return comp, offs
+
+
+def module_extents(graph: NeuronGraph, thr: float = 0.0) -> list[list[list[float] | None]]:
+    """For each module of :func:`modules` (same order), per neuron layer the ``[min, max]`` of the first
+    coordinate of its units (``None`` where it has no unit in that layer) — where the module sits."""
+    comp, offs = _components(graph, thr)
+    _, op = _io_labels(graph)
+    first_out: dict[int, int] = {}
+    for unit, o in enumerate(op):
+        c = comp[offs[-2] + unit]
+        first_out[c] = min(o, first_out.get(c, o))
+    result = []
+    for c in sorted(first_out, key=first_out.get):
+        per_layer = []
+        for i, layer in enumerate(graph.layers):
+            units = np.nonzero(comp[offs[i]:offs[i + 1]] == c)[0]
+            if len(units) == 0:
+                per_layer.append(None)
+                continue
+            x = layer.layout.unit_coords[units, 0]
+            per_layer.append([float(x.min()), float(x.max())])
+        result.append(per_layer)
+    return result
+
+
+def extents_overlap(extents: list[list[list[float] | None]]) -> bool:
+    """Whether any two modules' position ranges overlap in some neuron layer."""
+    for a in range(len(extents)):
+        for b in range(a + 1, len(extents)):
+            for ra, rb in zip(extents[a], extents[b]):
+                if ra is not None and rb is not None and ra[0] <= rb[1] and rb[0] <= ra[1]:
+                    return True
+    return False
+
+
+def modularity_q(A: np.ndarray, labels: np.ndarray) -> float:
+    """Newman's modularity Q = (1/2m) Σ_ij (A_ij − k_i k_j / 2m) δ(c_i, c_j) of a weighted undirected graph."""
+    A = np.asarray(A, dtype=np.float64)
+    two_m = A.sum()
+    if two_m <= 0:
+        return 0.0
+    k = A.sum(1)
+    q = 0.0
+    for c in np.unique(labels):
+        idx = labels == c
+        q += A[np.ix_(idx, idx)].sum() - k[idx].sum() ** 2 / two_m
+    return float(q / two_m)
+
+
+def modularity(graph: NeuronGraph, thr: float = 0.0) -> tuple[float, np.ndarray]:
+    """Modularity Q of the pruned weighted network and the partition found.
+
+    The partition starts from the connected components and splits communities further by Newman's
+    leading-eigenvector method (Newman 2006) while Q increases. Units without kept connections are left out.
+    """
+    A_sp, _ = _adjacency(graph, thr)
+    A = A_sp.toarray()
+    active = A.sum(1) > 0
+    labels = np.full(A.shape[0], -1)
+    if not active.any():
+        return 0.0, labels
+    Aa = A[np.ix_(active, active)]
+    _, lab = connected_components(csr_matrix(Aa), directed=False)
+    k = Aa.sum(1)
+    two_m = Aa.sum()
+    queue = list(np.unique(lab))
+    nxt = lab.max() + 1
+    while queue:
+        c = queue.pop()
+        idx = np.nonzero(lab == c)[0]
+        if len(idx) < 2:
+            continue
+        B = Aa[np.ix_(idx, idx)] - np.outer(k[idx], k[idx]) / two_m
+        B -= np.diag(B.sum(1))  # generalised modularity matrix of a subgroup
+        vals, vecs = np.linalg.eigh(B)
+        s = np.where(vecs[:, -1] >= 0, 1.0, -1.0)
+        gain = s @ B @ s / (2 * two_m)
+        if vals[-1] <= 1e-10 or gain <= 1e-10 or abs(s.sum()) == len(s):
+            continue
+        lab[idx[s < 0]] = nxt
+        queue += [c, nxt]
+        nxt += 1
+    labels[active] = lab
+    return modularity_q(Aa, lab), labels
+
+
+def wiring_length(graph: NeuronGraph, thr: float = 0.0, gap: float = 0.1) -> float:
+    """Total length of the kept connections: Σ ‖p_i − p_j‖₂ with the layer gap as a third coordinate."""
+    total = 0.0
+    for w, A in zip(graph.weights, connectivity(graph, thr)):
+        d = distance(graph.layers[w.dst].layout, graph.layers[w.src].layout, p=2, gap=gap)
+        total += float(d[A].sum())
+    return total

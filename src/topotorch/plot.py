@@ -1,0 +1,120 @@
+"""Figures: the BIMT network drawing and training curves (PNG files, headless)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+
+from .graph import NeuronGraph  # noqa: E402
+
+__all__ = ["draw_network", "plot_curves", "read_log"]
+
+
+def _unit_xy(graph: NeuronGraph, i: int, gap: float) -> np.ndarray:
+    """Drawing coordinates ``(n, 2)`` of layer ``i``: x from the layout, y = layer index · gap.
+
+    2D layouts are drawn in oblique projection (second coordinate lifts the unit a little), and fold
+    groups are stacked slightly apart, as in BIMT's drawings.
+    """
+    lay = graph.layers[i].layout
+    c = lay.unit_coords.numpy()
+    x = c[:, 0].copy()
+    y = np.full(lay.n, i * gap)
+    if lay.dim > 1:
+        y += c[:, 1] * gap * 0.6
+        x += c[:, 1] * 0.15
+    if lay.fold > 1:
+        y += (np.repeat(np.arange(lay.fold), lay.m) - (lay.fold - 1) / 2) * gap * 0.15
+    return np.stack([x, y], 1)
+
+
+def draw_network(graph: NeuronGraph, path=None, input_names: Sequence[str] | None = None,
+                 output_names: Sequence[str] | None = None, gap: float = 0.1, title: str | None = None,
+                 ax=None):
+    """BIMT's network drawing: neurons at their positions, line width ∝ |w| (per layer, relative to its
+    largest weight), blue = positive, red = negative. Labels follow the input/output permutations."""
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(4.5, 1.2 + 0.9 * len(graph.layers)))
+    xy = [_unit_xy(graph, i, gap) for i in range(len(graph.layers))]
+    for w in graph.weights:
+        W = w.weight.detach().float().cpu()
+        W = W.flatten(2).sum(-1) if W.dim() > 2 else W
+        mx = W.abs().max()
+        if mx <= 0:
+            continue
+        rel = (W / mx).numpy()
+        d, s = np.nonzero(np.abs(rel) > 1e-3)
+        segs = np.stack([xy[w.dst][d], xy[w.src][s]], 1)
+        lw = 1.5 * np.abs(rel[d, s])
+        colors = np.where(rel[d, s] > 0, "tab:blue", "tab:red")
+        ax.add_collection(LineCollection(segs, linewidths=lw, colors=colors, zorder=1))
+    for i, p in enumerate(xy):
+        ax.scatter(p[:, 0], p[:, 1], s=max(4, 200 / max(graph.shape)), c="black", zorder=2)
+    ip, op = graph.input_perm(), graph.output_perm()
+    if input_names is not None:
+        ip = torch.arange(graph.layers[0].n) if ip is None else ip.cpu()
+        if len(xy[0]) <= 64:
+            for u, orig in enumerate(ip.tolist()):
+                ax.text(xy[0][u, 0], xy[0][u, 1] - gap * 0.35, input_names[orig], ha="center", va="top", fontsize=9)
+    if output_names is not None:
+        op = torch.arange(graph.layers[-1].n) if op is None else op.cpu()
+        if len(xy[-1]) <= 64:
+            for u, orig in enumerate(op.tolist()):
+                ax.text(xy[-1][u, 0], xy[-1][u, 1] + gap * 0.3, output_names[orig], ha="center", va="bottom", fontsize=9)
+    ax.set_xlim(-0.05, 1.05 + (0.15 if any(l.layout.dim > 1 for l in graph.layers) else 0))
+    ax.set_ylim(-gap * 0.8, (len(graph.layers) - 1) * gap + gap * 0.9)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if own:
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=150)
+            plt.close(fig)
+        return fig
+    return ax
+
+
+def read_log(path) -> dict[str, np.ndarray]:
+    """A log.csv as columns of floats."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+
+
+def plot_curves(log: dict[str, np.ndarray] | str | Path, path=None, title: str | None = None):
+    """Training curves from a log: losses (log scale) and the wiring cost with λ, against step."""
+    if not isinstance(log, dict):
+        log = read_log(log)
+    if "step" not in log:
+        raise ValueError("log has no 'step' column")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, label in (("train_loss", "train"), ("test_loss", "test")):
+        if key in log:
+            a.plot(log["step"], log[key], label=label)
+    a.set_yscale("log"); a.set_xlabel("step"); a.set_ylabel("loss (MSE)"); a.legend(); a.grid(alpha=0.3)
+    if "cost" in log:
+        b.plot(log["step"], log["cost"], color="tab:green", label="wiring cost")
+        b.set_xlabel("step"); b.set_ylabel("wiring cost (Σ|w|·(A·d+l0))"); b.grid(alpha=0.3)
+        if "lam" in log:
+            b2 = b.twinx()
+            b2.plot(log["step"], log["lam"], color="tab:gray", ls="--", label="λ")
+            b2.set_ylabel("λ (dashed)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
