@@ -1,0 +1,40 @@
+"""The seed-003 claims, at the notebooks' full settings (20k steps each, ~10 s per recipe here)."""
+import pytest
+
+from topotorch.metrics import extents_overlap
+from topotorch.recipes import run_recipe
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bimt")
+    return {name: run_recipe(name, root / name, progress=False)
+            for name in ("independence", "feature-sharing", "compositionality")}
+
+
+def test_independence_splits_into_two_spatial_modules(runs):
+    m = runs["independence"]
+    assert m["test_loss"] <= 1e-2
+    assert m["dependencies"] == [[0, 2], [1, 3]]
+    assert m["modules"] == [{"inputs": [0, 2], "outputs": [0]}, {"inputs": [1, 3], "outputs": [1]}]
+    assert not extents_overlap(m["module_extents"])
+    assert m["params_kept"] < 0.1 * m["params_total"]
+
+
+def test_feature_sharing_is_nested(runs):
+    m = runs["feature-sharing"]
+    assert m["dependencies"] == [[0], [0, 1], [0, 1, 2]]
+    # Published 8.5e-5; ours 1.9e-4 at the notebook's seed, 0.8–3.8e-4 over seeds 0–6 (see the issue note).
+    assert m["test_loss"] <= 3e-4
+
+
+def test_compositionality_fits(runs):
+    m = runs["compositionality"]
+    assert m["test_loss"] <= 3e-3
+    assert m["dependencies"] == [[0, 1, 2, 3]]
+
+
+def test_ablation_without_penalty_is_entangled(tmp_path):
+    m = run_recipe("independence", tmp_path, {"variant": "none", "steps": 5000}, progress=False)
+    assert m["params_kept"] > 0.8 * m["params_total"]
+    assert len(m["modules"]) == 1 and m["modules"][0]["inputs"] == [0, 1, 2, 3]
