@@ -32,6 +32,23 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_workflow(args) -> int:
+    from . import spatialnet as S
+    if args.cmd == "record":
+        rec = S.record(args.run)
+        print(f"recorded {len(rec) // 2} hidden layers → {args.run}/record.safetensors")
+    elif args.cmd == "plot":
+        for p in S.plot_run(args.run):
+            print(f"wrote {p}")
+    elif args.cmd == "split":
+        a = S.split(args.run, args.method, args.seed)
+        sizes = [[int(sum(1 for o in layer if o == t)) for layer in a["layers"]] for t in range(2)]
+        print(f"split ({args.method}): neurons per hidden layer for each task {sizes} → {args.run}/split/")
+    elif args.cmd == "score":
+        print(json.dumps(S.score(args.run), indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="topotorch", description="Spatially embedded neural networks.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -45,10 +62,20 @@ def main(argv=None) -> int:
                    help="override a config key, e.g. --set variant=none (repeatable)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, text in (("record", "per-task mean |activation| and variance of every neuron of a run"),
+                       ("plot", "neuron positions coloured by task preference; per-task specificity maps"),
+                       ("split", "assign neurons to tasks and write one task-specific model per task"),
+                       ("score", "per-task accuracy of the full model and of each split model")):
+        w = sub.add_parser(name, help=text)
+        w.add_argument("run", help="run directory of a spatial network (e.g. runs/spatial-two-task/spatial)")
+        if name == "split":
+            w.add_argument("--method", choices=["greedy", "probability"], default="greedy")
+            w.add_argument("--seed", type=int, default=0, help="seed of the probability method")
     args = p.parse_args(argv)
     try:
-        return {"run": _cmd_run}[args.cmd](args)
-    except (ConfigError, CheckpointError, ValueError) as e:
+        handler = _cmd_run if args.cmd == "run" else _cmd_workflow
+        return handler(args)
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"topotorch: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # e.g. TrainingDiverged

@@ -61,3 +61,146 @@ def symbolic(name: str, seed: int, n_train: int = 100, n_test: int = 100,
     xte = rs.rand(n_test, d) * 2 - 1
     t = lambda a: torch.tensor(a, dtype=dtype)
     return Split(t(xtr), t(f(xtr)), t(xte), t(f(xte)), [f"$x_{i + 1}$" for i in range(d)], list(outs))
+
+
+# ---- classification datasets -------------------------------------------------------------------
+
+def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    perm = np.random.RandomState(seed).permutation(n)
+    n_test = max(1, int(round(n * test_fraction)))
+    return perm[n_test:], perm[:n_test]
+
+
+def _cls_split(x: np.ndarray, y: np.ndarray, tr, te, names: list[str] | None = None) -> Split:
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)
+    l = lambda a: torch.as_tensor(a, dtype=torch.long)
+    classes = names or [str(c) for c in range(int(y.max()) + 1)]
+    return Split(t(x[tr]), l(y[tr]), t(x[te]), l(y[te]), [], classes)
+
+
+def digits(seed: int = 0, test_fraction: float = 0.2, flat: bool = False) -> Split:
+    """scikit-learn's bundled 8×8 digits (1797 images, offline), scaled to [0, 1].
+
+    ``x`` is ``(N, 1, 8, 8)`` (or ``(N, 64)`` with ``flat``), ``y`` class indices 0–9; a seeded split.
+    """
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    x = x if flat else x.reshape(-1, 1, 8, 8)
+    tr, te = _split_indices(len(x), test_fraction, seed)
+    return _cls_split(x, d.target, tr, te)
+
+
+def mnist1d(seed: int = 0, flat: bool = True) -> Split:
+    """MNIST-1D (Greydanus 2020), generated locally with the published arguments (4000 + 1000 samples, 40 dims).
+
+    The published train/test split is kept; ``seed`` is accepted for a uniform signature.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:  # pragma: no cover - it is a dependency
+        raise ImportError("mnist1d is needed: pip install mnist1d") from e
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        d = make_dataset(get_dataset_args())
+    x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
+    x = x if flat else x[:, None, :]
+    y = np.concatenate([d["y"], d["y_test"]])
+    n = len(d["x"])
+    return _cls_split(x, y, np.arange(n), np.arange(n, len(x)))
+
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "https://storage.googleapis.com/cvdf-datasets/mnist/")
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (MNIST's format), gzipped or not; checks the magic number and the size."""
+    import gzip
+    from pathlib import Path
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise ValueError(f"{path}: unknown IDX data type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dt = np.dtype(dtypes[raw[2]])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(shape)) * dt.itemsize:
+        raise ValueError(f"{path}: IDX header says {shape} but the file holds {len(body)} bytes of data")
+    return np.frombuffer(body, dtype=dt).reshape(shape)
+
+
+def _find_idx(data_dir, stem: str):
+    from pathlib import Path
+    for name in (stem, stem + ".gz"):
+        p = Path(data_dir) / name
+        if p.is_file():
+            return p
+    return None
+
+
+def download_mnist(data_dir, files=("train_images", "train_labels", "test_images", "test_labels")) -> None:
+    """Fetch the MNIST IDX files into ``data_dir`` (needs a network); raises a clear error offline."""
+    import urllib.request
+    from pathlib import Path
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    for key in files:
+        stem = MNIST_FILES[key]
+        if _find_idx(data_dir, stem):
+            continue
+        errors = []
+        for mirror in MNIST_MIRRORS:
+            try:
+                tmp = Path(data_dir) / f".{stem}.gz.part"
+                urllib.request.urlretrieve(mirror + stem + ".gz", tmp)
+                tmp.replace(Path(data_dir) / (stem + ".gz"))
+                break
+            except Exception as e:  # network errors of every kind
+                errors.append(f"{mirror}: {e}")
+        else:
+            raise FileNotFoundError(f"MNIST file {stem}(.gz) is not in {data_dir} and could not be downloaded "
+                                    f"({'; '.join(errors)}). Put the IDX files there or use the digits data.")
+
+
+def mnist(data_dir, seed: int = 0, download: bool = True, test_fraction: float = 0.2, flat: bool = False) -> Split:
+    """MNIST from IDX files in ``data_dir`` (``*-idx3-ubyte`` or ``.gz``), downloading what is missing.
+
+    With the training files present, the official split is used; with only the 10k test files (as in an
+    offline mirror), those are split ``1 − test_fraction`` / ``test_fraction`` with ``seed``.
+    """
+    have = {k: _find_idx(data_dir, v) for k, v in MNIST_FILES.items()}
+    if not (have["train_images"] and have["train_labels"]) and not (have["test_images"] and have["test_labels"]):
+        if not download:
+            raise FileNotFoundError(f"no MNIST IDX files in {data_dir}")
+        download_mnist(data_dir)
+        have = {k: _find_idx(data_dir, v) for k, v in MNIST_FILES.items()}
+    load = lambda k: read_idx(have[k])
+    if have["train_images"] and have["train_labels"] and have["test_images"] and have["test_labels"]:
+        xtr, ytr, xte, yte = load("train_images"), load("train_labels"), load("test_images"), load("test_labels")
+        x, y = np.concatenate([xtr, xte]), np.concatenate([ytr, yte])
+        tr, te = np.arange(len(xtr)), np.arange(len(xtr), len(x))
+    else:
+        key = "train" if have["train_images"] else "test"
+        x, y = load(f"{key}_images"), load(f"{key}_labels")
+        tr, te = _split_indices(len(x), test_fraction, seed)
+    if len(x) != len(y):
+        raise ValueError(f"MNIST images ({len(x)}) and labels ({len(y)}) differ in number")
+    x = (x.astype(np.float32) / 255.0)
+    x = x.reshape(len(x), -1) if flat else x[:, None]
+    return _cls_split(x, y.astype(np.int64), tr, te)
+
+
+__all__ += ["digits", "mnist1d", "mnist", "read_idx", "download_mnist"]

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["Layout", "distance", "line", "grid", "ring", "explicit"]
+__all__ = ["Layout", "distance", "line", "grid", "square", "square_grid", "ring", "explicit"]
 
 
 class Layout:
@@ -132,13 +132,23 @@ def line(n: int, fold: int = 1) -> Layout:
     return Layout(torch.linspace(1 / (2 * m), 1 - 1 / (2 * m), m, dtype=torch.float64), fold, kind="line")
 
 
-def grid(height: int, width: int | None = None, fold: int = 1) -> Layout:
-    """A ``height × width`` grid of cell centres in [0, 1]², row-major (unit = row * width + col)."""
+def grid(height: int, width: int | None = None, fold: int = 1, spacing: float | None = None) -> Layout:
+    """A ``height × width`` grid, row-major (unit = row * width + col).
+
+    By default cell centres in [0, 1]² (BIMT's convention); with ``spacing`` the cells sit at integer
+    multiples of it (``spacing=1``: coordinates in cells, as the locality-prior and TopoLM sheets).
+    """
     width = height if width is None else width
     if height < 1 or width < 1:
         raise ValueError(f"empty layout: grid {height}×{width}")
-    ys = torch.linspace(1 / (2 * height), 1 - 1 / (2 * height), height, dtype=torch.float64)
-    xs = torch.linspace(1 / (2 * width), 1 - 1 / (2 * width), width, dtype=torch.float64)
+    if spacing is not None:
+        if not spacing > 0:
+            raise ValueError(f"grid spacing must be positive, got {spacing}")
+        ys = torch.arange(height, dtype=torch.float64) * spacing
+        xs = torch.arange(width, dtype=torch.float64) * spacing
+    else:
+        ys = torch.linspace(1 / (2 * height), 1 - 1 / (2 * height), height, dtype=torch.float64)
+        xs = torch.linspace(1 / (2 * width), 1 - 1 / (2 * width), width, dtype=torch.float64)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return Layout(torch.stack([xx.flatten(), yy.flatten()], 1), fold, kind="grid")
 
@@ -150,6 +160,15 @@ def square_grid(n: int, fold: int = 1) -> Layout:
     while m % h:
         h -= 1
     return grid(h, m // h, fold)
+
+
+def square(n: int, spacing: float = 1.0, fold: int = 1) -> Layout:
+    """A √m × √m grid for ``n = fold·m`` units; ``m`` must be a perfect square (e.g. 49 → 7×7)."""
+    m = _fold_split(n, fold)
+    side = math.isqrt(m)
+    if side * side != m:
+        raise ValueError(f"a square grid needs a perfect square number of units, got {m} (non-square grid)")
+    return grid(side, side, fold, spacing=spacing)
 
 
 def ring(n: int, radius: float = 0.25, center: Sequence[float] = (0.5, 0.5), fold: int = 1) -> Layout:

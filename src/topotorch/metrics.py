@@ -234,3 +234,26 @@ def wiring_length(graph: NeuronGraph, thr: float = 0.0, gap: float = 0.1) -> flo
         d = distance(graph.layers[w.dst].layout, graph.layers[w.src].layout, p=2, gap=gap)
         total += float(d[A].sum())
     return total
+
+
+def spatial_variance(a: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Spatial spread of non-negative activation maps (seed 001).
+
+    ``a (..., n)`` is normalised to sum 1 per map, ``μ = Σ a_i c_i``, and
+    ``V = Σ a_i ‖c_i − μ‖² / (1 − Σ a_i²)`` (the unbiased weighted variance; units: coordinate units²).
+    ``coords (n, dim)``. Maps that sum to 0 (or concentrate on one unit) give NaN.
+    """
+    a = torch.as_tensor(a, dtype=torch.float64)
+    c = torch.as_tensor(coords, dtype=torch.float64)
+    if c.dim() != 2 or a.shape[-1] != c.shape[0]:
+        raise ValueError(f"maps of shape {tuple(a.shape)} do not fit coordinates of shape {tuple(c.shape)}")
+    if (a < 0).any():
+        raise ValueError("spatial_variance needs non-negative maps (e.g. post-ReLU activations)")
+    total = a.sum(-1, keepdim=True)
+    w = torch.where(total > 0, a / total.clamp_min(1e-300), torch.full_like(a, float("nan")))
+    mu = w @ c
+    sq = ((c.expand(*w.shape, c.shape[1]) - mu.unsqueeze(-2)) ** 2).sum(-1)
+    return (w * sq).sum(-1) / (1 - (w * w).sum(-1))
+
+
+__all__ += ["spatial_variance"]

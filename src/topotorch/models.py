@@ -5,7 +5,7 @@ from typing import Sequence
 
 from torch import nn
 
-__all__ = ["MLP", "ACTIVATIONS"]
+__all__ = ["MLP", "LeNet", "ACTIVATIONS"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -31,3 +31,42 @@ class MLP(nn.Sequential):
                 mods.append(ACTIVATIONS[activation]())
         super().__init__(*mods)
         self.shape = shape
+
+
+class LeNet(nn.Module):
+    """LeNet with a locality-prior layer before the classifier (seed 001).
+
+    conv → ReLU → pool → conv → ReLU → pool → fc (→ ``side²`` units) → ReLU → LP (``side²`` → ``side²`` on a
+    ``side × side`` grid, cell units) → BatchNorm → ReLU → classifier. ``prior=False`` is the control arm:
+    identical, with ``P = 1`` (same BatchNorm, same optimiser).
+
+    Args:
+        image_size: input height = width (8 for digits, 28 for MNIST); must be divisible by 4.
+        side: the LP sheet is ``side × side`` (seed: 7).
+        decay, radius, normalize: the prior (see :func:`topotorch.costs.prior_matrix`).
+    """
+
+    def __init__(self, image_size: int = 8, in_channels: int = 1, channels=(16, 32), side: int = 7,
+                 classes: int = 10, decay="inverse", radius=None, normalize: bool = False, prior: bool = True):
+        super().__init__()
+        from . import layout as L
+        from .costs import LocalityLinear
+        if image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4, got {image_size}")
+        k = 3 if image_size < 16 else 5
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, k, padding=k // 2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, k, padding=k // 2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        n = side * side
+        self.sheet = L.square(n, spacing=1.0)
+        self.fc = nn.Linear(c2 * (image_size // 4) ** 2, n)
+        self.act1 = nn.ReLU()
+        self.lp = LocalityLinear(self.sheet, self.sheet, decay, radius, normalize=normalize, prior=prior)
+        self.bn = nn.BatchNorm1d(n)
+        self.act2 = nn.ReLU()  # its output is the LP activation map that the variance metric reads
+        self.head = nn.Linear(n, classes)
+
+    def forward(self, x):
+        h = self.act1(self.fc(self.features(x)))
+        return self.head(self.act2(self.bn(self.lp(h))))

@@ -27,8 +27,19 @@ def _runner_bimt(config: dict, out, resume: bool, progress: bool) -> dict:
     return train_bimt(from_dict(BIMTConfig, config), out, resume=resume, progress=progress)
 
 
+def _runner_locality(config: dict, out, resume: bool, progress: bool) -> dict:
+    from .experiments.locality import LocalityConfig, run_locality
+    return run_locality(from_dict(LocalityConfig, config), out, progress=progress)
+
+
+def _runner_spatial(config: dict, out, resume: bool, progress: bool) -> dict:
+    from .spatialnet import SpatialConfig, run_two_task
+    return run_two_task(from_dict(SpatialConfig, config), out, progress=progress)
+
+
 # kind -> runner(config dict, out dir, resume, progress) -> metrics
-RUNNERS: dict[str, Callable] = {"bimt": _runner_bimt}
+RUNNERS: dict[str, Callable] = {"bimt": _runner_bimt, "locality-prior": _runner_locality,
+                               "spatial-two-task": _runner_spatial}
 
 
 def _recipe_files() -> dict[str, Path]:

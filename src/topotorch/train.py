@@ -27,7 +27,7 @@ from .models import MLP
 from .plot import draw_network, plot_curves
 from .relocate import relocate
 
-__all__ = ["BIMTConfig", "train_bimt", "TrainingDiverged", "finish_bimt", "piecewise", "CSVLog", "VARIANTS"]
+__all__ = ["make_optimizer", "accuracy", "fit_classifier", "BIMTConfig", "train_bimt", "TrainingDiverged", "finish_bimt", "piecewise", "CSVLog", "VARIANTS"]
 
 # BIMT's ablation (seed 003's train_type 1–5): (L1 on, distance term in training, swaps on).
 VARIANTS = {
@@ -37,6 +37,74 @@ VARIANTS = {
     "l1-swap": (True, False, True),
     "full": (True, True, True),
 }
+
+
+OPTIMIZERS = {
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c["lr"], weight_decay=c["weight_decay"]),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c["lr"], weight_decay=c["weight_decay"]),
+    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c["lr"], weight_decay=c["weight_decay"], momentum=c["momentum"]),
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c["lr"], weight_decay=c["weight_decay"], momentum=c["momentum"]),
+}
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.0):
+    """An optimizer by name: adam, adamw, rmsprop, sgd."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+
+
+@torch.no_grad()
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``x``, ``y``."""
+    was = model.training
+    model.eval()
+    correct = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+    model.train(was)
+    return correct / len(x)
+
+
+def fit_classifier(model, x, y, epochs: int, batch_size: int, optimizer, seed: int = 0, extra_loss=None,
+                   loss_fn=None, progress: bool = True, desc: str = "train", x_test=None, y_test=None,
+                   on_step=None) -> list[dict]:
+    """Minibatch training with cross-entropy (or ``loss_fn(model, xb, yb)``) plus ``extra_loss()``.
+
+    Shuffles with its own seeded generator; returns one ``{epoch, train_loss, test_accuracy}`` per epoch.
+    A non-finite loss raises :class:`TrainingDiverged`.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = loss_fn or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
+    history = []
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    bar = tqdm(total=steps, disable=not progress, desc=desc, unit="step", mininterval=0.5)
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        tot, n = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, x[idx], y[idx])
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"{desc}: loss became {loss.item()} in epoch {epoch}; stopped")
+            loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step(step)
+            step += 1
+            tot += loss.item() * len(idx)
+            n += len(idx)
+            bar.update(1)
+        rec = {"epoch": epoch, "train_loss": tot / n}
+        if x_test is not None:
+            rec["test_accuracy"] = accuracy(model, x_test, y_test)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k != "epoch"})
+        history.append(rec)
+    bar.close()
+    return history
 
 
 class TrainingDiverged(RuntimeError):

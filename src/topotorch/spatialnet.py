@@ -1,0 +1,485 @@
+"""Spatial Neural Networks (seed 002): learnable neuron positions, transport and proximity costs, two tasks
+in one network, and the ``record / plot / split / score`` workflow on a run directory.
+
+A run directory holds ``model.safetensors`` (the MLP and its positions) and ``config.json``; the data are
+regenerated from the config (all offline datasets are deterministic). The workflow writes ``record.*``,
+``positions.png``, ``specificity.png``, ``split/`` and ``scores.json`` next to them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .checkpoint import load_model, save_model
+from .config import from_dict
+from .costs import proximity_cost, transport_cost
+from .graph import embed
+from .layout import atomic_write_text
+from .models import MLP
+from .train import fit_classifier, make_optimizer
+
+__all__ = ["SpatialConfig", "SpatialNet", "TwoTask", "two_task_data", "train_spatial", "load_run", "record",
+           "plot_run", "split", "score", "task_separation", "RunError"]
+
+
+class RunError(FileNotFoundError):
+    """A run directory that lacks what a workflow step needs."""
+
+
+@dataclass
+class SpatialConfig:
+    recipe: str = "spatial-two-task"
+    seed: int = 0
+    tasks: list[str] = field(default_factory=lambda: ["digits", "mnist1d"])
+    combine: Literal["concatenate", "mix", "sequential"] = "concatenate"
+    hidden: list[int] = field(default_factory=lambda: [150, 100])
+    activation: str = "sigmoid"
+    dim: int = 2                          # dimension of the position space
+    alpha: float = 0.3                    # proximity weight
+    beta: float = 10.0                    # transport weight
+    phi: Literal["l1", "l2"] = "l2"
+    input_layout: Literal["tasks", "none"] = "tasks"  # "tasks": each task's inputs fixed on a patch of its own
+    transport_layers: list[int] | None = None   # weight layers; default: all (all but the first with input_layout none)
+    proximity_layers: list[int] | None = None   # neuron layers; default: hidden and output
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    epochs: int = 100
+    batch_size: int = 256
+    split_method: Literal["greedy", "probability"] = "greedy"
+    data_dir: str = "data/mnist"
+    threads: int = 1
+
+    def validate(self):
+        if len(self.tasks) < 2:
+            raise ValueError(f"two (or more) tasks are needed, got {self.tasks}")
+        known = {"digits", "mnist1d", "mnist"}
+        bad = [t for t in self.tasks if t not in known]
+        if bad:
+            raise ValueError(f"unknown task dataset(s) {bad}; choose from {sorted(known)}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden sizes must be positive, got {self.hidden}")
+        if self.epochs < 1 or self.batch_size < 1 or self.dim < 1 or self.threads < 1:
+            raise ValueError("epochs, batch_size, dim and threads must be ≥ 1")
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError("alpha and beta must be non-negative")
+
+
+class SpatialNet(nn.Module):
+    """An MLP whose every neuron has a learnable position (``positions[i]``: ``(n_i, dim)``).
+
+    The output layer holds ``tasks × classes`` logits, one head (slice) per task.
+    """
+
+    def __init__(self, shape: list[int], activation: str = "sigmoid", dim: int = 2, tasks: int = 2):
+        super().__init__()
+        self.net = MLP(shape, activation)
+        self.graph = embed(self.net)
+        self.positions = nn.ParameterList([nn.Parameter(torch.randn(n, dim)) for n in shape])
+        self.tasks, self.classes = tasks, shape[-1] // tasks
+        if self.classes * tasks != shape[-1]:
+            raise ValueError(f"output size {shape[-1]} is not tasks × classes for {tasks} tasks")
+
+    def forward(self, x):
+        return self.net(x)
+
+    def task_logits(self, logits: torch.Tensor, t: int) -> torch.Tensor:
+        return logits[:, t * self.classes:(t + 1) * self.classes]
+
+
+@dataclass
+class TwoTask:
+    """Inputs and labels of several tasks combined into one stream.
+
+    ``y`` is ``(N, tasks)`` for concatenate/mix (every sample carries every task) and ``(N, 2)`` =
+    (label, task) for sequential. ``probe[t]`` are test inputs in which only task ``t`` is present.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    probe: list[torch.Tensor]
+    probe_labels: list[torch.Tensor]
+    combine: str
+    classes: int
+    slices: list[tuple[int, int]]  # input columns of each task (concatenate), else the padded range
+
+
+def _standardise(tr: torch.Tensor, te: torch.Tensor):
+    m, s = tr.mean(0), tr.std(0).clamp_min(1e-6)
+    return (tr - m) / s, (te - m) / s
+
+
+def two_task_data(tasks: list[str], combine: str, seed: int, data_dir: str = "data/mnist") -> TwoTask:
+    """Load each task (flattened, standardised) and combine them: concatenate, mix (sum) or sequential."""
+    from .experiments.common import load_dataset
+    splits = [load_dataset(t, seed, data_dir, flat=True) for t in tasks]
+    xs = [_standardise(s.x_train.flatten(1), s.x_test.flatten(1)) for s in splits]
+    classes = max(len(s.output_names) for s in splits)
+    g = torch.Generator().manual_seed(seed)
+    T = len(tasks)
+    dims = [x[0].shape[1] for x in xs]
+
+    def pad(x, d):
+        return F.pad(x, (0, d - x.shape[1]))
+
+    if combine == "concatenate":
+        offs = np.cumsum([0] + dims)
+        slices = [(int(offs[t]), int(offs[t + 1])) for t in range(T)]
+        D = int(offs[-1])
+        place = lambda x, t: F.pad(x, (slices[t][0], D - slices[t][1]))
+    elif combine in ("mix", "sequential"):
+        D = max(dims)
+        slices = [(0, d) for d in dims]
+        place = lambda x, t: pad(x, D)
+    else:
+        raise ValueError(f"unknown combine {combine!r}; choose concatenate, mix or sequential")
+
+    def paired(which: int):
+        n = max(len(x[which]) for x in xs)
+        idx = [torch.arange(n) % len(xs[0][which])] + [torch.randperm(n, generator=g) % len(x[which]) for x in xs[1:]]
+        x = sum(place(xs[t][which][idx[t]], t) for t in range(T))
+        ys = [splits[t].y_train if which == 0 else splits[t].y_test for t in range(T)]
+        return x, torch.stack([ys[t][idx[t]] for t in range(T)], 1)
+
+    if combine == "sequential":
+        def stream(which):
+            x = torch.cat([place(xs[t][which], t) for t in range(T)])
+            ys = [splits[t].y_train if which == 0 else splits[t].y_test for t in range(T)]
+            y = torch.cat([torch.stack([ys[t], torch.full_like(ys[t], t)], 1) for t in range(T)])
+            return x, y
+        xtr, ytr = stream(0)
+        xte, yte = stream(1)
+    else:
+        xtr, ytr = paired(0)
+        xte, yte = paired(1)
+    probe = [place(xs[t][1], t) for t in range(T)]
+    return TwoTask(xtr, ytr, xte, yte, probe, [s.y_test for s in splits], combine, classes, slices)
+
+
+def _loss(model: SpatialNet, combine: str):
+    def fn(m, xb, yb):
+        logits = m(xb)
+        if combine == "sequential":
+            z = logits.view(len(xb), model.tasks, model.classes)[torch.arange(len(xb)), yb[:, 1]]
+            return F.cross_entropy(z, yb[:, 0])
+        return sum(F.cross_entropy(model.task_logits(logits, t), yb[:, t]) for t in range(model.tasks))
+    return fn
+
+
+def _default_layers(cfg: SpatialConfig, n_layers: int):
+    first = 0 if cfg.input_layout == "tasks" else 1
+    tl = cfg.transport_layers if cfg.transport_layers is not None else list(range(first, n_layers - 1))
+    pl = cfg.proximity_layers if cfg.proximity_layers is not None else list(range(1, n_layers))
+    return tl, pl
+
+
+def spatial_loss(model: SpatialNet, cfg: SpatialConfig):
+    """``α·proximity + β·transport`` over the configured layers, or ``None`` when both weights are 0."""
+    if cfg.alpha == 0 and cfg.beta == 0:
+        return None
+    tl, pl = _default_layers(cfg, len(model.positions))
+    pos = list(model.positions)
+
+    def fn():
+        total = 0.0
+        if cfg.alpha:
+            total = total + cfg.alpha * proximity_cost(pos, pl)
+        if cfg.beta:
+            total = total + cfg.beta * transport_cost(pos, model.graph, cfg.phi, tl)
+        return total
+    return fn
+
+
+def input_positions(data: TwoTask, dim: int) -> torch.Tensor:
+    """Fixed input positions ``(d_in, dim)``: task t's input units evenly along y ∈ [−1, 1] at x = 4t − 2(T−1)
+    (separate patches, as separate sensory areas); shared inputs (mix/sequential) sit on one line at x = 0."""
+    D = data.x_train.shape[1]
+    pos = torch.zeros(D, dim)
+    T = len(data.slices)
+    for t, (a, b) in enumerate(data.slices):
+        if data.combine != "concatenate":
+            a, b, x = 0, D, 0.0
+        else:
+            x = 4.0 * t - 2.0 * (T - 1)
+        pos[a:b, 0] = x
+        if dim > 1:
+            pos[a:b, 1] = torch.linspace(-1, 1, b - a)
+    return pos
+
+
+def build_model(cfg: SpatialConfig, data: TwoTask) -> SpatialNet:
+    torch.manual_seed(cfg.seed)
+    T = len(cfg.tasks)
+    model = SpatialNet([data.x_train.shape[1]] + list(cfg.hidden) + [T * data.classes], cfg.activation, cfg.dim, T)
+    if cfg.input_layout == "tasks":
+        with torch.no_grad():
+            model.positions[0].copy_(input_positions(data, cfg.dim))
+        model.positions[0].requires_grad_(False)  # inputs stay where they arrive
+    return model
+
+
+def train_spatial(cfg: SpatialConfig, out, progress: bool = True, data: TwoTask | None = None) -> dict:
+    """Train one arm into run directory ``out``; returns ``{"steps", "seconds"}``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    data = data or two_task_data(cfg.tasks, cfg.combine, cfg.seed, cfg.data_dir)
+    model = build_model(cfg, data)
+    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
+    hist = fit_classifier(model, data.x_train, data.y_train, cfg.epochs, cfg.batch_size, opt, cfg.seed,
+                          extra_loss=spatial_loss(model, cfg), loss_fn=_loss(model, cfg.combine),
+                          progress=progress, desc=f"{cfg.recipe}[α={cfg.alpha:g},β={cfg.beta:g}]")
+    save_model(model, out / "model.safetensors")
+    atomic_write_text(out / "config.json", json.dumps({"config": dataclasses.asdict(cfg), "history": hist}, indent=1))
+    steps = cfg.epochs * ((len(data.x_train) + cfg.batch_size - 1) // cfg.batch_size)
+    return {"steps": steps, "seconds": time.time() - t0}
+
+
+def load_run(run) -> tuple[SpatialConfig, SpatialNet, TwoTask]:
+    """Config, trained model and data of a spatial-network run directory (clear errors if incomplete)."""
+    run = Path(run)
+    if not run.is_dir():
+        raise RunError(f"{run}: no such run directory")
+    if not (run / "config.json").is_file():
+        raise RunError(f"{run}: no config.json — not a spatial-network run directory")
+    if not (run / "model.safetensors").is_file():
+        raise RunError(f"{run}: no model.safetensors — train first (topotorch run spatial-two-task)")
+    try:
+        cfg = from_dict(SpatialConfig, json.loads((run / "config.json").read_text())["config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise RunError(f"{run}/config.json is not a spatial-network config ({e})") from None
+    data = two_task_data(cfg.tasks, cfg.combine, cfg.seed, cfg.data_dir)
+    model = build_model(cfg, data)
+    load_model(model, run / "model.safetensors")
+    model.eval()
+    return cfg, model, data
+
+
+def _hidden_activations(model: SpatialNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """Post-activation outputs of every hidden layer, ``[(N, n_l)]``."""
+    acts = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: acts.append(o.detach()))
+             for m in model.net if not isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return acts
+
+
+def record(run) -> dict:
+    """Per-task mean |activation| and variance of every hidden neuron; writes ``record.safetensors``.
+
+    Task ``t`` is probed with its test inputs alone (the other tasks' inputs absent), so a neuron's
+    variance under task ``t`` measures how much task ``t`` drives it.
+    """
+    run = Path(run)
+    cfg, model, data = load_run(run)
+    out = {}
+    for t in range(len(cfg.tasks)):
+        for l, a in enumerate(_hidden_activations(model, data.probe[t])):
+            out.setdefault(f"layer{l}/mean_abs", []).append(a.abs().mean(0))
+            out.setdefault(f"layer{l}/variance", []).append(a.var(0))
+    tensors = {k: torch.stack(v).contiguous() for k, v in out.items()}
+    tmp = run / ".record.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(run / "record.safetensors")
+    return tensors
+
+
+def _load_record(run) -> dict:
+    p = Path(run) / "record.safetensors"
+    return load_file(str(p)) if p.is_file() else record(run)
+
+
+def specificity(rec: dict) -> list[torch.Tensor]:
+    """Per hidden layer ``(tasks, n)``: each task's share of a neuron's activation variance."""
+    out, l = [], 0
+    while f"layer{l}/variance" in rec:
+        v = rec[f"layer{l}/variance"]
+        out.append(v / v.sum(0, keepdim=True).clamp_min(1e-12))
+        l += 1
+    return out
+
+
+def task_separation(model: SpatialNet, rec: dict) -> float:
+    """Silhouette score of hidden-neuron positions labelled by preferred task, averaged over hidden layers
+    (weighted by size; layers where one task owns every neuron are skipped)."""
+    from sklearn.metrics import silhouette_score
+    scores, weights = [], []
+    for l, s in enumerate(specificity(rec)):
+        labels = s.argmax(0).numpy()
+        pos = model.positions[l + 1].detach().numpy()
+        if len(set(labels)) < 2 or len(labels) < 3:
+            continue
+        scores.append(silhouette_score(pos, labels))
+        weights.append(len(labels))
+    return float(np.average(scores, weights=weights)) if scores else 0.0
+
+
+def plot_run(run) -> list[Path]:
+    """``positions.png`` (neurons at their positions, coloured by task preference) and ``specificity.png``."""
+    run = Path(run)
+    cfg, model, _ = load_run(run)
+    spec = specificity(_load_record(run))
+    L = len(spec)
+    fig, axes = plt.subplots(1, L, figsize=(3.4 * L, 3.3), squeeze=False)
+    for l, s in enumerate(spec):
+        p = model.positions[l + 1].detach().numpy()
+        ax = axes[0, l]
+        sc = ax.scatter(p[:, 0], p[:, 1], c=(s[0] - s[1]).numpy(), cmap="coolwarm", vmin=-1, vmax=1, s=14)
+        ax.set_title(f"hidden layer {l + 1} ({len(p)} neurons)", fontsize=9)
+        ax.set_xlabel("position x (a.u.)"); ax.set_ylabel("position y (a.u.)")
+    fig.colorbar(sc, ax=axes[0, -1], label=f"preference: {cfg.tasks[0]} (+1) … {cfg.tasks[1]} (−1)")
+    fig.suptitle(f"{run.name}: neuron positions coloured by task preference", fontsize=10)
+    fig.tight_layout()
+    paths = [run / "positions.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    T = len(cfg.tasks)
+    fig, axes = plt.subplots(T, L, figsize=(3.2 * L, 3.0 * T), squeeze=False)
+    for t in range(T):
+        for l, s in enumerate(spec):
+            p = model.positions[l + 1].detach().numpy()
+            ax = axes[t, l]
+            sc = ax.scatter(p[:, 0], p[:, 1], c=s[t].numpy(), cmap="viridis", vmin=0, vmax=1, s=14)
+            ax.set_title(f"{cfg.tasks[t]}, layer {l + 1}", fontsize=9)
+            ax.set_xlabel("x (a.u.)"); ax.set_ylabel("y (a.u.)")
+    fig.colorbar(sc, ax=axes, label="specificity (share of activation variance)")
+    paths.append(run / "specificity.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def split(run, method: str = "greedy", seed: int = 0) -> dict:
+    """Assign hidden neurons to tasks by walking back from the outputs and write one model per task.
+
+    ``greedy`` (the seed's method): output units belong to their head; a neuron of layer l goes to the task
+    whose assigned neurons in layer l+1 it feeds most strongly (Σ|W|). ``probability``: the same strengths,
+    the task drawn with probability proportional to them. Every task keeps at least one neuron per layer.
+    Writes ``split/assignment.json`` and ``split/task{t}.safetensors`` (+ ``.json`` with the shape).
+    """
+    if method not in ("greedy", "probability"):
+        raise ValueError(f"unknown split method {method!r}; use greedy or probability")
+    run = Path(run)
+    cfg, model, _ = load_run(run)
+    T, C = model.tasks, model.classes
+    linears = [m for m in model.net if isinstance(m, nn.Linear)]
+    gen = torch.Generator().manual_seed(seed)
+    # owner[l] for neuron layers 1..L-1 (hidden); the output layer is owned by heads.
+    owner_next = torch.arange(T * C) // C
+    owners: list[torch.Tensor] = []
+    strengths: list[torch.Tensor] = []
+    for k in range(len(linears) - 1, 0, -1):
+        W = linears[k].weight.detach().abs()          # (n_next, n_here)
+        S = torch.stack([W[owner_next == t].sum(0) for t in range(T)])  # (T, n_here)
+        if method == "greedy":
+            own = S.argmax(0)
+        else:
+            P = S / S.sum(0, keepdim=True).clamp_min(1e-12)
+            own = torch.multinomial(P.T.clamp_min(1e-12), 1, generator=gen).flatten()
+        for t in range(T):  # keep every task's path open
+            if not (own == t).any():
+                own[S[t].argmax()] = t
+        owners.insert(0, own)
+        strengths.insert(0, S)
+        owner_next = own
+    sd = run / "split"
+    sd.mkdir(exist_ok=True)
+    for t in range(T):
+        keep = [torch.arange(linears[0].in_features)] + [torch.nonzero(o == t).flatten() for o in owners] + \
+               [torch.arange(t * C, (t + 1) * C)]
+        shape = [len(k) for k in keep]
+        sub = MLP(shape, cfg.activation)
+        with torch.no_grad():
+            for lin, src, k_in, k_out in zip([m for m in sub if isinstance(m, nn.Linear)], linears, keep, keep[1:]):
+                lin.weight.copy_(src.weight[k_out][:, k_in])
+                lin.bias.copy_(src.bias[k_out])
+        save_model(sub, sd / f"task{t}.safetensors")
+        atomic_write_text(sd / f"task{t}.json", json.dumps({"task": cfg.tasks[t], "shape": shape,
+                                                             "activation": cfg.activation}))
+    assignment = {"method": method, "layers": [o.tolist() for o in owners]}
+    atomic_write_text(sd / "assignment.json", json.dumps(assignment))
+    return assignment
+
+
+def load_split_model(run, t: int) -> MLP:
+    sd = Path(run) / "split"
+    meta_p = sd / f"task{t}.json"
+    if not meta_p.is_file():
+        raise RunError(f"{run}: no split models — run `topotorch split {run}` first")
+    meta = json.loads(meta_p.read_text())
+    sub = MLP(meta["shape"], meta["activation"])
+    load_model(sub, sd / f"task{t}.safetensors")
+    return sub.eval()
+
+
+@torch.no_grad()
+def score(run) -> dict:
+    """Per-task test accuracy of the full model and of each split model; writes ``scores.json``."""
+    run = Path(run)
+    cfg, model, data = load_run(run)
+    T = model.tasks
+    if not (run / "split" / "task0.json").is_file():
+        split(run, cfg.split_method)
+    logits = model(data.x_test)
+    full, parts = [], []
+    for t in range(T):
+        if data.combine == "sequential":
+            sel = data.y_test[:, 1] == t
+            x, y = data.x_test[sel], data.y_test[sel, 0]
+            z = model.task_logits(logits[sel], t)
+        else:
+            x, y = data.x_test, data.y_test[:, t]
+            z = model.task_logits(logits, t)
+        full.append(float((z.argmax(1) == y).float().mean()))
+        parts.append(float((load_split_model(run, t)(x).argmax(1) == y).float().mean()))
+    scores = {"tasks": cfg.tasks, "accuracy": full, "split_accuracy": parts,
+              "split_retention": [p / f if f else 0.0 for p, f in zip(parts, full)]}
+    atomic_write_text(run / "scores.json", json.dumps(scores, indent=1))
+    return scores
+
+
+def run_two_task(cfg: SpatialConfig, out, progress: bool = True) -> dict:
+    """The ``spatial-two-task`` recipe: a spatial arm and an unregularised control (α = β = 0, positions
+    fixed at their random start) with the same seed, each recorded, split and scored."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    data = two_task_data(cfg.tasks, cfg.combine, cfg.seed, cfg.data_dir)
+    res = {}
+    for arm, c in (("spatial", cfg), ("control", dataclasses.replace(cfg, alpha=0.0, beta=0.0))):
+        info = train_spatial(c, out / arm, progress, data)
+        rec = record(out / arm)
+        _, model, _ = load_run(out / arm)
+        split(out / arm, cfg.split_method)
+        sc = score(out / arm)
+        plot_run(out / arm)
+        res[arm] = {**sc, "task_separation": task_separation(model, rec), "steps": info["steps"]}
+    metrics = {
+        "recipe": cfg.recipe, "seed": cfg.seed, "steps": res["spatial"]["steps"],
+        "seconds": round(time.time() - t0, 2), "tasks": cfg.tasks, "combine": cfg.combine,
+        "accuracy": res["spatial"]["accuracy"], "accuracy_control": res["control"]["accuracy"],
+        "split_accuracy": {arm: res[arm]["split_accuracy"] for arm in res},
+        "split_retention": {arm: res[arm]["split_retention"] for arm in res},
+        "task_separation": {arm: res[arm]["task_separation"] for arm in res},
+    }
+    atomic_write_text(out / "config.json", json.dumps({"config": dataclasses.asdict(cfg)}, indent=1))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    return metrics
+

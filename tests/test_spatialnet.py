@@ -1,0 +1,97 @@
+import json
+import math
+
+import pytest
+import torch
+
+import topotorch as tt
+from topotorch import spatialnet as S
+from topotorch.checkpoint import save_model
+from topotorch.cli import main
+from topotorch.costs import proximity_cost, transport_cost
+
+QUICK = dict(epochs=1, hidden=[12, 8], batch_size=512)
+
+
+def test_transport_and_proximity_match_hand_values_and_give_position_gradients():
+    model = tt.MLP([1, 2])
+    g = tt.embed(model)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[2.0], [-1.0]]))
+    p_in = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    p_out = torch.tensor([[3.0, 4.0], [0.0, 1.0]], requires_grad=True)
+    # mean over the 2 connections of d·w²: (5·4 + 1·1)/2; with |w|: (5·2 + 1·1)/2.
+    assert transport_cost([p_in, p_out], g, "l2").item() == pytest.approx(10.5, rel=1e-6)
+    assert transport_cost([p_in, p_out], g, "l1").item() == pytest.approx(5.5, rel=1e-6)
+    # one pair at distance sqrt(9 + 9) in each direction: mean_{i≠j} exp(-d) = exp(-sqrt(18)).
+    assert proximity_cost([None, p_out]).item() == pytest.approx(math.exp(-math.sqrt(18)), rel=1e-6)
+    (transport_cost([p_in, p_out], g) + proximity_cost([None, p_out])).backward()
+    assert p_out.grad.abs().sum() > 0 and p_in.grad.abs().sum() > 0
+    assert model[0].weight.grad is not None
+    with pytest.raises(ValueError, match="phi"):
+        transport_cost([p_in, p_out], g, "l3")
+    with pytest.raises(ValueError, match="position tensors"):
+        transport_cost([p_out], g)
+
+
+@pytest.mark.parametrize("combine", ["concatenate", "mix", "sequential"])
+def test_two_task_data_combinators(combine):
+    d = S.two_task_data(["digits", "mnist1d"], combine, 0)
+    D = {"concatenate": 104, "mix": 64, "sequential": 64}[combine]
+    assert d.x_train.shape[1] == D and d.probe[0].shape[1] == D
+    if combine == "sequential":
+        assert set(d.y_train[:, 1].tolist()) == {0, 1} and len(d.x_train) == 1438 + 4000
+    else:
+        assert d.y_train.shape == (4000, 2)
+    if combine == "concatenate":
+        assert d.slices == [(0, 64), (64, 104)]
+        assert torch.all(d.probe[0][:, 64:] == 0) and torch.all(d.probe[1][:, :64] == 0)
+
+
+def test_quick_training_then_record_plot_split_score(tmp_path):
+    cfg = S.SpatialConfig(**QUICK)
+    S.train_spatial(cfg, tmp_path, progress=False)
+    rec = S.record(tmp_path)
+    assert rec["layer0/variance"].shape == (2, 12) and rec["layer1/mean_abs"].shape == (2, 8)
+    for p in S.plot_run(tmp_path):
+        assert p.stat().st_size > 0
+    a = S.split(tmp_path, "probability", seed=3)
+    assert [len(l) for l in a["layers"]] == [12, 8]
+    sc = S.score(tmp_path)
+    assert len(sc["accuracy"]) == 2 and all(0 <= v <= 1 for v in sc["split_accuracy"])
+    _, model, _ = S.load_run(tmp_path)
+    assert model.positions[0].requires_grad is False  # the input patches are fixed
+
+
+def test_greedy_split_recovers_block_modules_exactly(tmp_path):
+    cfg = S.SpatialConfig(**QUICK)
+    S.train_spatial(cfg, tmp_path, progress=False)
+    _, model, data = S.load_run(tmp_path)
+    lin = [m for m in model.net if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():  # digits inputs → hidden units 0..5 → 0..3 → head 0; mnist1d → the rest → head 1
+        for W, blocks in ((lin[0].weight, [(slice(0, 6), slice(0, 64)), (slice(6, 12), slice(64, 104))]),
+                          (lin[1].weight, [(slice(0, 4), slice(0, 6)), (slice(4, 8), slice(6, 12))]),
+                          (lin[2].weight, [(slice(0, 10), slice(0, 4)), (slice(10, 20), slice(4, 8))])):
+            mask = torch.zeros_like(W)
+            for r, c in blocks:
+                mask[r, c] = 1
+            W.mul_(mask)
+    save_model(model, tmp_path / "model.safetensors")
+    a = S.split(tmp_path, "greedy")
+    assert a["layers"] == [[0] * 6 + [1] * 6, [0] * 4 + [1] * 4]
+    full = model(data.x_test)
+    for t in range(2):
+        sub = S.load_split_model(tmp_path, t)
+        assert torch.allclose(sub(data.x_test), model.task_logits(full, t), atol=1e-5)
+
+
+def test_workflow_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(S.RunError, match="no config.json"):
+        S.record(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(S.RunError, match="no model.safetensors"):
+        S.score(tmp_path)
+    assert main(["record", str(tmp_path / "nope")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="two"):
+        S.SpatialConfig(tasks=["digits"]).validate()
