@@ -57,7 +57,8 @@ def test_quick_training_then_record_plot_split_score(tmp_path):
         assert p.stat().st_size > 0
     a = S.split(tmp_path, "probability", seed=3)
     assert [len(l) for l in a["layers"]] == [12, 8]
-    sc = S.score(tmp_path)
+    assert main(["score", str(tmp_path)]) == 0
+    sc = json.loads((tmp_path / "scores.json").read_text())
     assert len(sc["accuracy"]) == 2 and all(0 <= v <= 1 for v in sc["split_accuracy"])
     _, model, _ = S.load_run(tmp_path)
     assert model.positions[0].requires_grad is False  # the input patches are fixed

@@ -64,7 +64,8 @@ class SpatialConfig:
     def validate(self):
         if len(self.tasks) < 2:
             raise ValueError(f"two (or more) tasks are needed, got {self.tasks}")
-        known = {"digits", "mnist1d", "mnist"}
+        from .experiments.common import DATASETS
+        known = set(DATASETS)
         bad = [t for t in self.tasks if t not in known]
         if bad:
             raise ValueError(f"unknown task dataset(s) {bad}; choose from {sorted(known)}")

@@ -24,12 +24,16 @@ def write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1))
 
 
+# name -> loader(seed, data_dir, download, flat) -> Split. Register your own to use it in recipes.
+DATASETS = {
+    "digits": lambda seed, data_dir, download, flat: D.digits(seed, flat=flat),
+    "mnist": lambda seed, data_dir, download, flat: D.mnist(data_dir, seed, download=download, flat=flat),
+    "mnist1d": lambda seed, data_dir, download, flat: D.mnist1d(seed, flat=True),
+}
+
+
 def load_dataset(name: str, seed: int, data_dir: str = "data/mnist", download: bool = True, flat: bool = False):
-    """A classification :class:`~topotorch.data.Split` by name: digits, mnist, mnist1d."""
-    if name == "digits":
-        return D.digits(seed, flat=flat)
-    if name == "mnist":
-        return D.mnist(data_dir, seed, download=download, flat=flat)
-    if name == "mnist1d":
-        return D.mnist1d(seed, flat=True)
-    raise ValueError(f"unknown dataset {name!r}; choose digits, mnist or mnist1d")
+    """A classification :class:`~topotorch.data.Split` by name (a key of :data:`DATASETS`)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)} or register one in DATASETS")
+    return DATASETS[name](seed, data_dir, download, flat)
