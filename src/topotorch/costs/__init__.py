@@ -1,0 +1,15 @@
+"""Costs that make networks spatial.
+
+- :mod:`.wiring` — BIMT's wiring cost Σ|W|(A·d^e + l0) + l0·Σ|b| (autograd and in-place gradient paths).
+- :mod:`.prior` — the locality prior (a layer computing ``(W ⊙ P)x + b``).
+- :mod:`.spatialnet` — transport and proximity costs on learnable positions.
+- :mod:`.correlation` — TopoLM/TDANN's spatial correlation loss on activations (forward hooks).
+"""
+from .wiring import WiringCost
+from .prior import DECAYS, LocalityLinear, LocalityPrior, apply_locality_prior, prior_matrix
+from .spatialnet import proximity_cost, transport_cost
+from .correlation import SpatialCorrelationLoss, correlation_matrix, inverse_distance, pair_loss
+
+__all__ = ["WiringCost", "DECAYS", "LocalityLinear", "LocalityPrior", "apply_locality_prior", "prior_matrix",
+           "proximity_cost", "transport_cost",
+           "SpatialCorrelationLoss", "correlation_matrix", "inverse_distance", "pair_loss"]

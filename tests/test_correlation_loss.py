@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from topotorch import layout as L
+from topotorch.costs import SpatialCorrelationLoss, correlation_matrix, inverse_distance, pair_loss
+
+
+def numpy_loss(X, coords, kind):
+    """The definition, directly: Pearson r between units, D = 1/(1+d), over the lower triangle."""
+    r = np.corrcoef(X.T)
+    d = np.sqrt(((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1))
+    D = 1 / (1 + d)
+    i, j = np.tril_indices(len(coords), -1)
+    if kind == "absolute":
+        return np.abs(r[i, j] - D[i, j]).mean()
+    return 0.5 * (1 - np.corrcoef(r[i, j], D[i, j])[0, 1])
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_loss_matches_numpy(kind, seed):
+    rng = np.random.default_rng(seed)
+    lay = L.grid(6, 7, spacing=1.0).random_permutation(torch.Generator().manual_seed(seed))
+    X = rng.normal(size=(200, 42)) + rng.normal(size=(200, 1)) * np.linspace(0, 1, 42)  # some correlation
+    mod = nn.Identity()
+    sl = SpatialCorrelationLoss({mod: lay}, mode="exact", kind=kind)
+    mod(torch.tensor(X, dtype=torch.float32, requires_grad=True))
+    assert sl().item() == pytest.approx(numpy_loss(X, lay.unit_coords.numpy(), kind), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+def test_sampled_loss_matches_numpy_on_the_sampled_windows(kind):
+    rng = np.random.default_rng(5)
+    lay = L.grid(8, 8, spacing=1.0).random_permutation(torch.Generator().manual_seed(1))
+    X = rng.normal(size=(150, 64))
+    mod = nn.Identity()
+    sl = SpatialCorrelationLoss({mod: lay}, mode="sampled", kind=kind, neighbourhoods=4, radius=2,
+                                generator=torch.Generator().manual_seed(7))
+    mod(torch.tensor(X, dtype=torch.float32, requires_grad=True))
+    got = sl().item()
+    wins = sl.sheets[0].sample(4, torch.Generator().manual_seed(7))
+    assert wins.shape == (4, 25)  # 5×5 windows of radius 2
+    c = lay.unit_coords.numpy()
+    for w in wins:  # neighbourhoods are local: every unit within the sup-norm radius of the centre
+        span = c[w.numpy()].max(0) - c[w.numpy()].min(0)
+        assert (span <= 4).all()
+    want = np.mean([numpy_loss(X[:, w.numpy()], c[w.numpy()], kind) for w in wins])
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_zero_variance_units_do_not_produce_nan_and_gradients_flow():
+    X = torch.randn(64, 16)
+    X[:, 3] = 1.0  # a dead unit
+    X.requires_grad_(True)
+    r = correlation_matrix(X)
+    assert torch.isfinite(r).all() and r[3, 3] == 0
+    lay = L.square(16)
+    for kind in ("relative", "absolute"):
+        loss = pair_loss(r, inverse_distance(lay), kind)
+        assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(X.grad).all() and X.grad.abs().sum() > 0
+
+
+def test_loss_is_low_for_smooth_maps_and_high_for_shuffled():
+    lay = L.grid(10, 10, spacing=1.0)
+    c = lay.unit_coords.float()
+    t = torch.randn(500, 4)
+    # Units respond to a spatially smooth mixture of 4 latent signals: nearby units correlate.
+    w = torch.stack([torch.exp(-((c - torch.tensor(p)) ** 2).sum(1) / 8) for p in [[2, 2], [7, 2], [2, 7], [7, 7]]])
+    X = t @ w + 0.05 * torch.randn(500, 100)
+    smooth = pair_loss(correlation_matrix(X), inverse_distance(lay)).item()
+    shuffled = pair_loss(correlation_matrix(X[:, torch.randperm(100)]), inverse_distance(lay)).item()
+    assert smooth < 0.3 < 0.45 < shuffled
+
+
+def test_capture_only_with_grad_and_clear_errors():
+    mod = nn.Linear(4, 9)
+    sl = SpatialCorrelationLoss({mod: L.square(9)})
+    with torch.no_grad():
+        mod(torch.randn(8, 4))
+    with pytest.raises(RuntimeError, match="no activations"):
+        sl()
+    bad = nn.Linear(4, 5)
+    SpatialCorrelationLoss({bad: L.square(9)})
+    with pytest.raises(ValueError, match="5 units, layout has 9"):
+        bad(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="mode"):
+        SpatialCorrelationLoss({mod: L.square(9)}, mode="approx")
+    sl.remove()
+    mod(torch.randn(8, 4))
+    assert sl.sheets[0].acts is None
