@@ -50,6 +50,7 @@ class NeuronLayer:
     name: str
     layout: Layout
     ports: list[Port] = field(default_factory=list)
+    movable: bool = True  # False: placed and costed, never relocated (e.g. q/k units tied within heads)
 
     @property
     def n(self) -> int:

@@ -68,7 +68,7 @@ def relocate_layer(graph: NeuronGraph, cost: WiringCost, i: int, top_k: int = 5,
                    method: str = "greedy", optimizer=None) -> int:
     """Relocate the units of neuron layer ``i``; returns the number of units that moved."""
     m = graph.layers[i].layout.m
-    if m < 2:
+    if m < 2 or not graph.layers[i].movable:
         return 0
     if method == "assignment":
         _, col = linear_sum_assignment(placement_cost(graph, cost, i).cpu().numpy())

@@ -1,0 +1,161 @@
+"""A GPT in one file, after nanoGPT: token + position embeddings, pre-LN blocks, causal attention through
+``scaled_dot_product_attention``, tied head. q, k and v are separate projections (the same maths as a fused
+``c_attn``) so that their input columns can be declared as ports of the residual stream.
+
+Sheets for topographic losses (TopoLM's evaluated setting): each block's attention output (after ``c_proj``)
+and MLP output, *before* the residual add — the outputs of ``block.attn`` and ``block.mlp``; optionally the
+residual stream (the block's output). :func:`gpt_graph` declares the neuron graph for BIMT wiring costs and
+function-preserving relocation of residual-stream and MLP-hidden units.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import layout as L
+from .graph import NeuronGraph, Port
+
+__all__ = ["GPTConfig", "GPT", "gpt_graph"]
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 64
+    vocab_size: int = 256
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 100
+    dropout: float = 0.0
+    bias: bool = False
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        if c.n_embd % c.n_head:
+            raise ValueError(f"n_embd {c.n_embd} is not divisible by n_head {c.n_head}")
+        self.q = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
+        self.k = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
+        self.v = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
+        self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
+        self.n_head, self.dropout = c.n_head, c.dropout
+        self.resid_dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        split = lambda t: t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)), is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.attn = CausalSelfAttention(c)
+        self.ln_2 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.mlp = FeedForward(c)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = c = config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wpe = nn.Embedding(c.block_size, c.n_embd)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
+        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2's scaled init of residual projections
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def forward(self, idx, targets=None):
+        """``idx (B, T)`` token ids → logits ``(B, T, vocab)`` and, with ``targets``, the mean cross-entropy."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    def sheets(self, where: str = "outputs") -> list[tuple[str, nn.Module]]:
+        """(name, module) of the hookable sheets: ``"outputs"`` = attention and MLP outputs before the
+        residual add (TopoLM), ``"residual"`` = each block's residual stream."""
+        if where == "outputs":
+            return [(f"block{i}.{part}", getattr(b, part)) for i, b in enumerate(self.blocks) for part in ("attn", "mlp")]
+        if where == "residual":
+            return [(f"block{i}.resid", b) for i, b in enumerate(self.blocks)]
+        raise ValueError(f"where must be 'outputs' or 'residual', got {where!r}")
+
+
+def gpt_graph(model: GPT, stream=None, hidden=None) -> NeuronGraph:
+    """The neuron graph of a :class:`GPT` for BIMT wiring costs and relocation.
+
+    Neuron layers: the residual stream (one layer shared by every block: its ports are the embedding
+    columns, the tied head, every LayerNorm and every projection reading or writing the stream), and per
+    block the q, k, v units (placed, costed, but not moved: their order ties heads together) and the MLP
+    hidden units. Relocating the stream or a hidden layer keeps the logits unchanged.
+
+    Args:
+        stream: layout of the ``n_embd`` stream units (default a line).
+        hidden: layout of each block's ``4·n_embd`` hidden units (default: a line or a grid, as the stream).
+    """
+    c = model.config
+    n = c.n_embd
+    g = NeuronGraph()
+    g.model = model
+    stream = stream or L.line(n)
+    same_kind = (lambda k: L.square_grid(k)) if stream.dim == 2 else L.line  # layouts must share a dimension
+    s = g.add_layer("stream", stream, [Port(model.wte, "weight", 1), Port(model.wpe, "weight", 1)])
+    for ln in [m for b in model.blocks for m in (b.ln_1, b.ln_2)] + [model.ln_f]:
+        for nm in ("weight", "bias"):
+            if getattr(ln, nm, None) is not None:
+                g.add_port(s, Port(ln, nm, 0))
+    for i, b in enumerate(model.blocks):
+        qkv = {}
+        for part in ("q", "k", "v"):
+            qkv[part] = g.add_layer(f"block{i}.{part}", same_kind(n))
+            g.layers[qkv[part]].movable = False
+            g.connect(getattr(b.attn, part), s, qkv[part], name=f"block{i}.attn.{part}")
+        g.connect(b.attn.c_proj, qkv["v"], s, name=f"block{i}.attn.c_proj")
+        h = g.add_layer(f"block{i}.hidden", hidden or same_kind(4 * n))
+        g.connect(b.mlp.c_fc, s, h, name=f"block{i}.mlp.c_fc")
+        g.connect(b.mlp.c_proj, h, s, name=f"block{i}.mlp.c_proj")
+    return g
