@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -24,10 +25,20 @@ class CheckpointError(RuntimeError):
 
 
 def save_model(model: nn.Module, path) -> None:
-    """``model.state_dict()`` to a safetensors file, atomically."""
+    """``model.state_dict()`` to a safetensors file, atomically. Tied tensors (e.g. a GPT's embedding and
+    head) are stored once; the other names are recorded as aliases in the file's metadata."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    tensors, aliases, seen = {}, {}, {}
+    for k, v in model.state_dict().items():
+        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), v.dtype) if v.numel() else None
+        if key is not None and key in seen:
+            aliases[k] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = k
+        tensors[k] = v.detach().contiguous().cpu()
+    save_file(tensors, str(tmp), metadata={"aliases": json.dumps(aliases)})
     os.replace(tmp, path)
 
 
@@ -38,8 +49,12 @@ def load_model(model: nn.Module, path) -> None:
         raise CheckpointError(f"{path}: no such model file")
     try:
         sd = load_file(str(path))
+        with safe_open(str(path), "pt") as fh:
+            aliases = json.loads((fh.metadata() or {}).get("aliases", "{}"))
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    for k, src in aliases.items():
+        sd[k] = sd[src]
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     bad = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
@@ -66,7 +81,7 @@ def _optim_split(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
 def _optim_join(tensors: dict, meta: dict) -> dict:
     state: dict = {int(i): dict(m) for i, m in meta["state"].items()}
     for key, v in tensors.items():
-        if key.startswith("rng/"):
+        if key.startswith(("rng/", "extra/")):
             continue
         i, k = key.split("/", 1)
         state.setdefault(int(i), {})[k] = v
@@ -81,7 +96,9 @@ class Checkpointer:
         self.keep = keep
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-             extra: dict | None = None) -> Path:
+             extra: dict | None = None, extra_tensors: dict | None = None) -> Path:
+        """Write checkpoint ``step``; ``extra`` is JSON state, ``extra_tensors`` more tensors (e.g. a data
+        generator's state), returned by :meth:`load` under ``"tensors"``."""
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / f"step-{step:08d}"
         tmp = self.dir / f".tmp-step-{step:08d}-{os.getpid()}"
@@ -91,6 +108,8 @@ class Checkpointer:
         save_model(model, tmp / "model.safetensors")
         tensors, meta = _optim_split(optimizer) if optimizer is not None else ({}, None)
         tensors["rng/torch"] = torch.get_rng_state()
+        for k, v in (extra_tensors or {}).items():
+            tensors[f"extra/{k}"] = v.detach().contiguous().cpu()
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         atomic_write_text(tmp / "state.json", json.dumps({"step": step, "optimizer": meta, "extra": extra or {}}))
         if final.exists():
@@ -123,4 +142,5 @@ class Checkpointer:
             optimizer.load_state_dict(_optim_join(tensors, state["optimizer"]))
         if "rng/torch" in tensors:
             torch.set_rng_state(tensors["rng/torch"])
+        state["tensors"] = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
         return state

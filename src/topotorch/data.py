@@ -204,3 +204,133 @@ def mnist(data_dir, seed: int = 0, download: bool = True, test_fraction: float =
 
 
 __all__ += ["digits", "mnist1d", "mnist", "read_idx", "download_mnist"]
+
+
+# ---- language data ------------------------------------------------------------------------------
+
+WORD_CLASSES = ["noun", "verb", "adjective", "function"]
+
+_LEXICON = {
+    "noun": "dog cat bird child teacher farmer doctor horse river tree house garden village king queen student "
+            "baker sailor mountain forest city window letter song".split(),
+    "verb_t": "sees chases finds likes helps follows watches greets visits paints carries calls".split(),
+    "verb_i": "sleeps runs sings waits laughs swims dances falls".split(),
+    "adjective": "big small red old young happy quiet bright dark green tall brave".split(),
+    "det": "the a every some this".split(),
+    "prep": "near under behind with beside".split(),
+    "adverb": "slowly quickly often".split(),
+}
+
+
+@dataclass
+class TokenData:
+    """A tokenised corpus: ``train``/``val`` token ids, the vocabulary, and (for the grammar corpus) the word
+    class of every vocabulary entry (``-1`` where none) and the validation sentences as id lists."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    vocab: list[str]
+    word_class: torch.Tensor | None = None
+    val_sentences: list[list[int]] | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator | None = None):
+        """Random windows: ``x (B, T)`` and next-token targets ``y (B, T)``."""
+        data = self.train if split == "train" else self.val
+        if len(data) <= block_size + 1:
+            raise ValueError(f"{split} split has {len(data)} tokens, fewer than block_size + 2 = {block_size + 2}")
+        ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+        off = torch.arange(block_size)
+        return data[ix[:, None] + off], data[ix[:, None] + off + 1]
+
+
+def _sentence(rs: np.random.RandomState) -> list[str]:
+    pick = lambda k: _LEXICON[k][rs.randint(len(_LEXICON[k]))]
+
+    def np_():
+        words = [pick("det")]
+        if rs.rand() < 0.5:
+            words.append(pick("adjective"))
+        words.append(pick("noun"))
+        if rs.rand() < 0.2:
+            words += [pick("prep"), pick("det"), pick("noun")]
+        return words
+
+    if rs.rand() < 0.6:
+        vp = [pick("verb_t")] + np_()
+    else:
+        vp = [pick("verb_i")] + ([pick("adverb")] if rs.rand() < 0.4 else [])
+    return np_() + vp + ["."]
+
+
+def grammar_corpus(n_sentences: int = 20000, seed: int = 0, val_fraction: float = 0.1) -> TokenData:
+    """Sentences from a small English-like grammar (word-level tokens), each word tagged with its class
+    (noun, verb, adjective, function word), so contrasts such as nouns vs verbs are computed offline."""
+    if n_sentences < 10:
+        raise ValueError("n_sentences must be ≥ 10")
+    rs = np.random.RandomState(seed)
+    sents = [_sentence(rs) for _ in range(n_sentences)]
+    vocab = sorted({w for k in _LEXICON for w in _LEXICON[k]} | {"."})
+    stoi = {w: i for i, w in enumerate(vocab)}
+    cls = {w: 0 for w in _LEXICON["noun"]}
+    cls.update({w: 1 for w in _LEXICON["verb_t"] + _LEXICON["verb_i"]})
+    cls.update({w: 2 for w in _LEXICON["adjective"]})
+    word_class = torch.tensor([cls.get(w, 3) for w in vocab])
+    n_val = max(2, int(n_sentences * val_fraction))
+    ids = [[stoi[w] for w in s] for s in sents]
+    flat = lambda ss: torch.tensor([t for s in ss for t in s], dtype=torch.long)
+    return TokenData(flat(ids[n_val:]), flat(ids[:n_val]), vocab, word_class, ids[:n_val])
+
+
+def text_corpus(path, val_fraction: float = 0.1) -> TokenData:
+    """Byte-level tokens (vocabulary 256) of a text file, or of every ``*.txt`` file in a folder."""
+    from pathlib import Path
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.rglob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"{p}: no .txt files in this folder")
+        raw = b"\n".join(f.read_bytes() for f in files)
+    elif p.is_file():
+        raw = p.read_bytes()
+    else:
+        raise FileNotFoundError(f"{p}: no such text file or folder")
+    if len(raw) < 100:
+        raise ValueError(f"{p}: only {len(raw)} bytes of text; need at least 100")
+    ids = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
+    n_val = max(1, int(len(ids) * val_fraction))
+    vocab = [bytes([i]).decode("latin-1") for i in range(256)]
+    return TokenData(ids[:-n_val], ids[-n_val:], vocab)
+
+
+def hf_text(name: str = "HuggingFaceFW/fineweb-edu", config: str | None = "sample-10BT", data_files=None,
+            max_bytes: int = 2_000_000, val_fraction: float = 0.05, text_field: str = "text") -> TokenData:
+    """Byte-level tokens streamed from a Hugging Face dataset (FineWeb-Edu by default), read until
+    ``max_bytes``. Needs the optional ``datasets`` package (``pip install topotorch[data]``) and, unless
+    ``data_files`` points to local files (e.g. ``name="json"``), a network."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("streaming FineWeb-Edu needs the optional 'datasets' package: "
+                          "pip install 'topotorch[data]'") from None
+    kw = {"data_files": data_files} if data_files is not None else {}
+    ds = datasets.load_dataset(name, config, split="train", streaming=True, **kw)
+    buf, size = [], 0
+    for row in ds:
+        b = row[text_field].encode("utf-8") + b"\n"
+        buf.append(b)
+        size += len(b)
+        if size >= max_bytes:
+            break
+    raw = b"".join(buf)[:max_bytes]
+    if len(raw) < 100:
+        raise ValueError(f"the stream gave only {len(raw)} bytes of text")
+    ids = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
+    n_val = max(1, int(len(ids) * val_fraction))
+    return TokenData(ids[:-n_val], ids[-n_val:], [bytes([i]).decode("latin-1") for i in range(256)])
+
+
+__all__ += ["WORD_CLASSES", "TokenData", "grammar_corpus", "text_corpus", "hf_text"]

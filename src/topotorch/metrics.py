@@ -257,3 +257,83 @@ def spatial_variance(a: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 
 __all__ += ["spatial_variance"]
+
+
+# ---- topographic maps ----------------------------------------------------------------------------
+
+def welch_t(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit Welch t statistic and two-sided p of condition ``a (N_a, n)`` vs ``b (N_b, n)``."""
+    from scipy import stats
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"conditions must be (samples, units) with equal units, got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("each condition needs at least two samples")
+    t, p = stats.ttest_ind(a, b, axis=0, equal_var=False)
+    return np.nan_to_num(t), np.nan_to_num(p, nan=1.0)
+
+
+def fdr(p, q: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Benjamini–Hochberg: adjusted p-values and the mask of discoveries at level ``q``."""
+    from scipy import stats
+    adj = stats.false_discovery_control(np.asarray(p, dtype=np.float64), method="bh")
+    return adj, adj < q
+
+
+def _coords(layout_or_coords) -> np.ndarray:
+    c = getattr(layout_or_coords, "unit_coords", layout_or_coords)
+    return np.asarray(c, dtype=np.float64)
+
+
+def morans_i(values, layout_or_coords, spacing: float = 1.0) -> float:
+    """Moran's I of a map with queen contiguity (units within one cell in every coordinate) and
+    row-standardised weights, as PySAL's esda computes it: I = (n/S0) · zᵀWz / zᵀz."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    c = _coords(layout_or_coords)
+    if len(x) != len(c):
+        raise ValueError(f"{len(x)} values for {len(c)} positions")
+    W = (np.abs(c[:, None, :] - c[None, :, :]).max(-1) <= spacing * (1 + 1e-9)).astype(np.float64)
+    np.fill_diagonal(W, 0.0)
+    rows = W.sum(1, keepdims=True)
+    W = np.divide(W, rows, out=np.zeros_like(W), where=rows > 0)
+    z = x - x.mean()
+    den = (z * z).sum()
+    if den == 0:
+        return 0.0
+    return float(len(x) / W.sum() * (z @ W @ z) / den)
+
+
+def correlation_vs_distance(acts, layout_or_coords, bins: int = 12) -> dict:
+    """Mean pairwise response correlation in distance bins: ``{"distance", "correlation", "count"}``."""
+    from .costs.correlation import correlation_matrix
+    r = correlation_matrix(torch.as_tensor(acts, dtype=torch.float32)).double().numpy()
+    c = _coords(layout_or_coords)
+    d = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    i, j = np.triu_indices(len(c), 1)
+    dd, rr = d[i, j], r[i, j]
+    edges = np.linspace(dd.min(), dd.max() + 1e-9, bins + 1)
+    k = np.clip(np.digitize(dd, edges) - 1, 0, bins - 1)
+    cnt = np.bincount(k, minlength=bins)
+    mean = np.bincount(k, weights=rr, minlength=bins) / np.maximum(cnt, 1)
+    keep = cnt > 0
+    return {"distance": ((edges[:-1] + edges[1:]) / 2)[keep].tolist(), "correlation": mean[keep].tolist(),
+            "count": cnt[keep].tolist()}
+
+
+def smoothness_index(values, layout_or_coords, bins: int = 10) -> float:
+    """TDANN's smoothness: with c_b the mean |Δvalue| of unit pairs in distance bin b (nearest first),
+    S = (max_b c_b − c_0) / max_b c_b ∈ [0, 1]; 1 when neighbours agree and distant units differ."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    c = _coords(layout_or_coords)
+    i, j = np.triu_indices(len(c), 1)
+    dd = np.sqrt(((c[i] - c[j]) ** 2).sum(-1))
+    dv = np.abs(x[i] - x[j])
+    edges = np.linspace(dd.min(), dd.max() + 1e-9, bins + 1)
+    k = np.clip(np.digitize(dd, edges) - 1, 0, bins - 1)
+    cnt = np.bincount(k, minlength=bins)
+    cb = (np.bincount(k, weights=dv, minlength=bins) / np.maximum(cnt, 1))[cnt > 0]
+    top = cb.max()
+    return float((top - cb[0]) / top) if top > 0 else 0.0
+
+
+__all__ += ["welch_t", "fdr", "morans_i", "correlation_vs_distance", "smoothness_index"]

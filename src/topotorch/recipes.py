@@ -37,9 +37,14 @@ def _runner_spatial(config: dict, out, resume: bool, progress: bool) -> dict:
     return run_two_task(from_dict(SpatialConfig, config), out, progress=progress)
 
 
+def _runner_topolm(config: dict, out, resume: bool, progress: bool) -> dict:
+    from .topolm import TopoLMConfig, run_topolm
+    return run_topolm(from_dict(TopoLMConfig, config), out, resume=resume, progress=progress)
+
+
 # kind -> runner(config dict, out dir, resume, progress) -> metrics
 RUNNERS: dict[str, Callable] = {"bimt": _runner_bimt, "locality-prior": _runner_locality,
-                               "spatial-two-task": _runner_spatial}
+                               "spatial-two-task": _runner_spatial, "topolm": _runner_topolm}
 
 
 def _recipe_files() -> dict[str, Path]:

@@ -1,0 +1,439 @@
+"""Topographic language models (TopoLM, seed 004): a GPT whose sheets carry 2D positions, trained with the
+spatial correlation loss; analysis of the resulting maps; multi-process data-parallel training.
+
+``topotorch run topolm`` trains a topographic arm and a control arm (α = 0) with the same seed on the
+generated grammar corpus, then analyses both. Under ``torchrun --nproc_per_node=N`` every rank trains on its
+own micro-batches and computes its own spatial loss (as TopoLM), gradients are averaged by DDP (gloo on CPU,
+NCCL on GPU), and rank 0 writes the run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from . import data as D
+from . import layout as L
+from . import metrics as M
+from .checkpoint import Checkpointer, CheckpointError, save_model
+from .costs.correlation import SpatialCorrelationLoss, correlation_matrix
+from .gpt import GPT, GPTConfig
+from .layout import atomic_write_text
+from .relocate import swap_optimize
+from .train import CSVLog, TrainingDiverged
+
+__all__ = ["TopoLMConfig", "train_lm", "analyse_lm", "run_topolm"]
+
+
+@dataclass
+class TopoLMConfig:
+    recipe: str = "topolm"
+    seed: int = 0
+    data: str = "grammar"            # grammar | fineweb | a text file or folder (byte-level)
+    n_sentences: int = 20000
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 100                # a perfect square: every sheet is a √n × √n grid of cells
+    block_size: int = 32
+    dropout: float = 0.0
+    batch_size: int = 32
+    grad_accum: int = 1
+    steps: int = 1500
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    alpha: float = 2.0               # weight of each sheet's spatial loss in the topographic arm
+    mode: str = "exact"              # exact | sampled
+    kind: str = "relative"           # relative | absolute
+    neighbourhoods: int = 5
+    radius: float = 2.0              # sup-norm radius of sampled windows, in cells
+    sheets: str = "outputs"          # outputs (attention/MLP before the residual add) | residual
+    positions: str = "random"        # random (frozen permutation) | swap (TDANN pre-optimisation)
+    preopt_windows: int = 50
+    preopt_swaps: int = 50
+    arms: list[str] = field(default_factory=lambda: ["topo", "control"])
+    eval_interval: int = 250
+    eval_batches: int = 20
+    checkpoint_interval: int = 500
+    device: str = "auto"             # auto | cpu | cuda
+    dtype: str = "float32"           # float32 | bfloat16 (autocast)
+    compile: bool = False
+    threads: int = 2
+    quick: bool = False              # a < 1 minute variant for tests
+
+    def validate(self):
+        if math.isqrt(self.n_embd) ** 2 != self.n_embd:
+            raise ValueError(f"n_embd must be a perfect square (sheets are square grids), got {self.n_embd}")
+        for k in ("mode", "kind", "sheets", "positions", "device", "dtype"):
+            allowed = {"mode": ("exact", "sampled"), "kind": ("relative", "absolute"),
+                       "sheets": ("outputs", "residual"), "positions": ("random", "swap"),
+                       "device": ("auto", "cpu", "cuda"), "dtype": ("float32", "bfloat16")}[k]
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{k} must be one of {list(allowed)}, got {getattr(self, k)!r}")
+        bad = [a for a in self.arms if a not in ("topo", "control")]
+        if bad or not self.arms:
+            raise ValueError(f"arms must be a non-empty subset of ['topo', 'control'], got {self.arms}")
+        for k in ("steps", "batch_size", "grad_accum", "block_size", "eval_interval", "eval_batches",
+                  "checkpoint_interval", "threads"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be ≥ 1")
+
+    def resolved(self) -> "TopoLMConfig":
+        """The quick variant's overrides applied."""
+        if not self.quick:
+            return self
+        return dataclasses.replace(self, steps=min(self.steps, 150), n_sentences=min(self.n_sentences, 4000),
+                                   eval_interval=50, eval_batches=4, warmup=20, preopt_windows=10,
+                                   preopt_swaps=20, quick=False)
+
+
+# ---- data and model --------------------------------------------------------------------------------
+
+def load_tokens(cfg: TopoLMConfig) -> D.TokenData:
+    if cfg.data == "grammar":
+        return D.grammar_corpus(cfg.n_sentences, cfg.seed)
+    if cfg.data == "fineweb":
+        return D.hf_text()
+    return D.text_corpus(cfg.data)
+
+
+def sheet_layouts(model: GPT, cfg: TopoLMConfig) -> list[tuple[str, torch.nn.Module, L.Layout]]:
+    """Each sheet on a √n × √n grid of cells, units randomly permuted (TopoLM's default), frozen."""
+    side = math.isqrt(cfg.n_embd)
+    out = []
+    for i, (name, mod) in enumerate(model.sheets(cfg.sheets)):
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + i)
+        out.append((name, mod, L.grid(side, side, spacing=1.0).random_permutation(g)))
+    return out
+
+
+def _device(cfg: TopoLMConfig, rank: int) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda but CUDA is not available")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def lr_at(step: int, cfg: TopoLMConfig) -> float:
+    """Linear warmup then cosine decay from ``lr`` to ``min_lr`` (nanoGPT)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (cfg.lr - cfg.min_lr)
+
+
+@torch.no_grad()
+def record_sheets(model: GPT, modules, x: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
+    """Outputs of the given modules for inputs ``x (N, T)``: one ``(N, T, n)`` tensor per module."""
+    got = [[] for _ in modules]
+    hooks = [m.register_forward_hook(lambda mod, a, o, k=k: got[k].append(o.detach().float().cpu()))
+             for k, m in enumerate(modules)]
+    was = model.training
+    model.eval()
+    try:
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return [torch.cat(g) for g in got]
+
+
+def _checksum(model) -> str:
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = None, resume: bool = False,
+             progress: bool = True) -> dict:
+    """Train one arm into ``out``; works alone or under ``torchrun`` (DDP). Returns a summary dict."""
+    out = Path(out)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    ddp = world > 1
+    device = _device(cfg, int(os.environ.get("LOCAL_RANK", rank)))
+    if ddp and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(cfg.threads)
+    tokens = tokens or load_tokens(cfg)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in both arms
+    gcfg = GPTConfig(cfg.block_size, tokens.vocab_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
+    model = GPT(gcfg).to(device)
+    sheets = sheet_layouts(model, cfg)
+    info = {}
+    if cfg.positions == "swap" and alpha > 0:
+        sheets, info = _preoptimise(model, sheets, tokens, cfg, device)
+    sl = None if alpha == 0 else SpatialCorrelationLoss(
+        [(n, m, lay) for n, m, lay in sheets], alpha=alpha, mode=cfg.mode, kind=cfg.kind,
+        neighbourhoods=cfg.neighbourhoods, radius=cfg.radius, generator=torch.Generator().manual_seed(cfg.seed + 7 * rank))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    if cfg.compile:
+        net = torch.compile(net)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)  # each rank its own micro-batches
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
+
+    ckpt = Checkpointer(out)
+    start = 0
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if resume and (last := ckpt.latest()) is not None:
+        st = ckpt.load(last, model, opt)
+        start = st["step"]
+        gen.set_state(st["tensors"][f"gen{rank}"] if f"gen{rank}" in st["tensors"] else st["tensors"]["gen0"])
+    elif not resume and ckpt.latest() is not None:
+        raise CheckpointError(f"{out} already holds checkpoints; pass --resume or choose another --out")
+    log = CSVLog(out / "log.csv", ["step", "train_loss", "val_loss", "spatial_loss", "lr"],
+                 resume_step=start if resume else None) if rank == 0 else None
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"topolm[α={alpha:g}]",
+               disable=not progress or rank != 0, unit="step", mininterval=1.0)
+    t0 = time.time()
+    val_loss = float("nan")
+    try:
+        for step in bar:
+            for gparam in opt.param_groups:
+                gparam["lr"] = lr_at(step, cfg)
+            for micro in range(cfg.grad_accum):
+                x, y = tokens.batch("train", cfg.batch_size, cfg.block_size, gen)
+                x, y = x.to(device), y.to(device)
+                sync = nullcontext() if (not ddp or micro == cfg.grad_accum - 1) else net.no_sync()
+                with sync:
+                    with amp:
+                        _, loss = net(x, y)
+                    spatial = sl() if sl is not None else 0.0
+                    total = (loss + spatial) / cfg.grad_accum
+                    if not torch.isfinite(total):
+                        raise TrainingDiverged(f"loss became {total.item()} at step {step}; last good checkpoint: "
+                                               f"{ckpt.latest()}")
+                    total.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step % cfg.eval_interval == 0 or step == cfg.steps - 1:
+                val_loss = evaluate(model, tokens, cfg, device)
+                if log is not None:
+                    log.write({"step": step, "train_loss": loss.item(), "val_loss": val_loss,
+                               "spatial_loss": float(np.mean(list(sl.last.values()))) if sl is not None else 0.0,
+                               "lr": lr_at(step, cfg)})
+                bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
+            if (step + 1) % cfg.checkpoint_interval == 0 and step + 1 < cfg.steps:
+                _save_ckpt(ckpt, step + 1, model, opt, gen, rank, ddp)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    _save_ckpt(ckpt, cfg.steps, model, opt, gen, rank, ddp)
+    summary = {"val_loss": val_loss, "seconds": time.time() - t0, "steps": cfg.steps, "world_size": world,
+               "preopt": info}
+    if ddp:
+        sums = [None] * world
+        dist.all_gather_object(sums, _checksum(model))
+        summary["ddp_checksums"] = sums
+        summary["ddp_identical"] = len(set(sums)) == 1
+    if rank == 0:
+        save_model(model, out / "model.safetensors")
+        atomic_write_text(out / "positions.json", json.dumps({n: lay.to_dict() for n, _, lay in sheets}))
+        atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
+    if sl is not None:
+        sl.remove()
+    return {**summary, "model": model, "sheets": sheets, "tokens": tokens, "device": device}
+
+
+def _save_ckpt(ckpt, step, model, opt, gen, rank, ddp):
+    states = [None] * dist.get_world_size() if ddp else [gen.get_state()]
+    if ddp:
+        dist.all_gather_object(states, gen.get_state())
+    if rank == 0:
+        ckpt.save(step, model, opt, {}, {f"gen{r}": s for r, s in enumerate(states)})
+
+
+@torch.no_grad()
+def evaluate(model: GPT, tokens: D.TokenData, cfg: TopoLMConfig, device) -> float:
+    """Mean validation cross-entropy over ``eval_batches`` fixed batches (nats/token)."""
+    g = torch.Generator().manual_seed(12345)
+    was = model.training
+    model.eval()
+    losses = []
+    for _ in range(cfg.eval_batches):
+        x, y = tokens.batch("val", cfg.batch_size, cfg.block_size, g)
+        losses.append(model(x.to(device), y.to(device))[1].item())
+    model.train(was)
+    return float(np.mean(losses))
+
+
+def _preoptimise(model, sheets, tokens, cfg, device):
+    """TDANN-style swap pre-optimisation of each sheet's positions on the initial network's responses."""
+    x, _ = tokens.batch("train", 64, cfg.block_size, torch.Generator().manual_seed(cfg.seed + 99))
+    acts = record_sheets(model, [m for _, m, _ in sheets], x.to(device))
+    new, info = [], {}
+    for (name, mod, lay), a in zip(sheets, acts):
+        r = correlation_matrix(a.reshape(-1, a.shape[-1]))
+        lay2, inf = swap_optimize(r, lay, cfg.preopt_windows, cfg.preopt_swaps, radius=max(cfg.radius, 2.0),
+                                  kind=cfg.kind, seed=cfg.seed)
+        new.append((name, mod, lay2))
+        info[name] = inf
+    return new, info
+
+
+# ---- analysis -------------------------------------------------------------------------------------
+
+def _windows(ids: list[int], T: int) -> torch.Tensor:
+    n = len(ids) // T
+    return torch.tensor(ids[:n * T], dtype=torch.long).view(n, T)
+
+
+def analyse_lm(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, device, out: Path | None = None) -> dict:
+    """Noun–verb and sentence–shuffled contrasts per sheet: Welch t-maps (BH-FDR), Moran's I, smoothness,
+    and the correlation-vs-distance curve. Needs the grammar corpus (tokens with word classes)."""
+    if tokens.word_class is None or tokens.val_sentences is None:
+        raise ValueError("the contrasts need the grammar corpus (--set data=grammar)")
+    T = cfg.block_size
+    sents = tokens.val_sentences
+    x = _windows([t for s in sents for t in s], T)
+    rs = np.random.RandomState(cfg.seed)
+    shuffled = [[s[i] for i in rs.permutation(len(s) - 1)] + [s[-1]] for s in sents]  # words shuffled, "." kept
+    xs = _windows([t for s in shuffled for t in s], T)
+    mods = [m for _, m, _ in sheets]
+    acts = record_sheets(model, mods, x.to(device))
+    acts_s = record_sheets(model, mods, xs.to(device))
+    cls = tokens.word_class[x]  # (N, T)
+    res = {"sheets": {}}
+    for (name, _, lay), a, b in zip(sheets, acts, acts_s):
+        flat = a.reshape(-1, a.shape[-1])
+        c = cls.reshape(-1)
+        t_nv, p_nv = M.welch_t(flat[c == 0].numpy(), flat[c == 1].numpy())
+        t_lang, p_lang = M.welch_t(a.mean(1).numpy(), b.mean(1).numpy())
+        _, sig = M.fdr(p_nv)
+        res["sheets"][name] = {
+            "morans_i": M.morans_i(t_nv, lay), "smoothness": M.smoothness_index(t_nv, lay),
+            "morans_i_language": M.morans_i(t_lang, lay), "significant_units": int(sig.sum()),
+            "corr_vs_distance": M.correlation_vs_distance(flat[:: max(1, len(flat) // 4000)], lay),
+            "t_map": t_nv.tolist(), "t_map_language": t_lang.tolist(),
+        }
+    sh = res["sheets"].values()
+    res["morans_i"] = float(np.mean([s["morans_i"] for s in sh]))
+    res["smoothness"] = float(np.mean([s["smoothness"] for s in sh]))
+    res["morans_i_language"] = float(np.mean([s["morans_i_language"] for s in sh]))
+    return res
+
+
+def _grid_image(values, lay: L.Layout) -> np.ndarray:
+    c = lay.unit_coords.numpy().round().astype(int)
+    img = np.full((c[:, 1].max() + 1, c[:, 0].max() + 1), np.nan)
+    img[c[:, 1], c[:, 0]] = values
+    return img
+
+
+def plot_maps(results: dict, layouts: dict, path, key: str = "t_map", title: str = "noun − verb Welch t"):
+    arms = list(results)
+    names = list(next(iter(results.values()))["sheets"])
+    fig, axes = plt.subplots(len(arms), len(names), figsize=(2.6 * len(names), 2.7 * len(arms)), squeeze=False)
+    for r, arm in enumerate(arms):
+        for k, name in enumerate(names):
+            s = results[arm]["sheets"][name]
+            v = np.asarray(s[key])
+            lim = np.abs(v).max() or 1.0
+            im = axes[r, k].imshow(_grid_image(v, layouts[arm][name]), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            axes[r, k].set_title(f"{arm} {name}\nMoran's I {M.morans_i(v, layouts[arm][name]):.2f}", fontsize=8)
+            axes[r, k].set_xlabel("x (cells)", fontsize=7); axes[r, k].set_ylabel("y (cells)", fontsize=7)
+            fig.colorbar(im, ax=axes[r, k], fraction=0.046, label="t")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_corr_distance(results: dict, path):
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for arm, style in zip(results, ("-", "--")):
+        for name, s in results[arm]["sheets"].items():
+            cd = s["corr_vs_distance"]
+            ax.plot(cd["distance"], cd["correlation"], style, alpha=0.7, label=f"{arm} {name}")
+    ax.set_xlabel("distance between units (cells)"); ax.set_ylabel("mean response correlation r")
+    ax.grid(alpha=0.3); ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = True) -> dict:
+    """The ``topolm`` recipe: both arms trained with the same seed, analysed, compared."""
+    cfg = cfg.resolved()
+    out = Path(out)
+    rank = int(os.environ.get("RANK", "0"))
+    t0 = time.time()
+    tokens = load_tokens(cfg)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps({"config": dataclasses.asdict(cfg)}, indent=1))
+    results, layouts, summaries = {}, {}, {}
+    for arm in cfg.arms:
+        alpha = cfg.alpha if arm == "topo" else 0.0
+        s = train_lm(cfg, out / arm, alpha, tokens, resume=resume, progress=progress)
+        summaries[arm] = {k: v for k, v in s.items() if k not in ("model", "sheets", "tokens", "device")}
+        if rank == 0 and tokens.word_class is not None:
+            results[arm] = analyse_lm(s["model"], s["sheets"], tokens, cfg, s["device"])
+            layouts[arm] = {n: lay for n, _, lay in s["sheets"]}
+    if rank != 0:
+        return {}
+    metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "seconds": round(time.time() - t0, 2),
+               "world_size": summaries[cfg.arms[0]]["world_size"]}
+    for arm in cfg.arms:
+        metrics[f"val_loss_{arm}"] = summaries[arm]["val_loss"]
+        if arm in results:
+            metrics[f"morans_i_{arm}"] = results[arm]["morans_i"]
+            metrics[f"smoothness_{arm}"] = results[arm]["smoothness"]
+            metrics[f"morans_i_language_{arm}"] = results[arm]["morans_i_language"]
+        if "ddp_identical" in summaries[arm]:
+            metrics[f"ddp_identical_{arm}"] = summaries[arm]["ddp_identical"]
+        if summaries[arm]["preopt"]:
+            metrics[f"preopt_{arm}"] = summaries[arm]["preopt"]
+    if results:
+        plot_maps(results, layouts, out / "maps_noun_verb.png")
+        plot_maps(results, layouts, out / "maps_language.png", "t_map_language", "sentences − shuffled words Welch t")
+        plot_corr_distance(results, out / "corr_distance.png")
+        atomic_write_text(out / "analysis.json", json.dumps(results))
+    _plot_curves({arm: out / arm / "log.csv" for arm in cfg.arms}, out / "curves.png")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return metrics
+
+
+def _plot_curves(logs: dict, path):
+    from .plot import read_log
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for arm, p in logs.items():
+        if Path(p).exists():
+            lg = read_log(p)
+            ax.plot(lg["step"], lg["val_loss"], label=f"{arm} validation")
+            ax.plot(lg["step"], lg["train_loss"], ":", label=f"{arm} train")
+    ax.set_xlabel("step"); ax.set_ylabel("cross-entropy (nats/token)"); ax.grid(alpha=0.3); ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
