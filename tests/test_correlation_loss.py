@@ -92,3 +92,17 @@ def test_capture_only_with_grad_and_clear_errors():
     sl.remove()
     mod(torch.randn(8, 4))
     assert sl.sheets[0].acts is None
+
+
+def test_covariance_backward_matches_autograd():
+    from topotorch.costs.correlation import covariance
+    X = torch.randn(2, 50, 7, dtype=torch.float64) * 3 + 5
+    G = torch.randn(2, 7, 7, dtype=torch.float64)
+    Xa = X.clone().requires_grad_(True)
+    Xc = Xa - Xa.mean(-2, keepdim=True)
+    (Xc.transpose(-1, -2) @ Xc / 50 * G).sum().backward()
+    Xb = X.clone().float().requires_grad_(True)
+    (covariance(Xb) * G.float()).sum().backward()
+    assert torch.allclose(Xb.grad.double(), Xa.grad, atol=1e-4)
+    from topotorch.costs.correlation import _Covariance
+    assert torch.autograd.gradcheck(_Covariance.apply, (X[:, :8, :3].clone().requires_grad_(True),))

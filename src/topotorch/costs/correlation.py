@@ -21,7 +21,7 @@ from torch import nn
 
 from ..layout import Layout, distance
 
-__all__ = ["correlation_matrix", "pair_loss", "SpatialCorrelationLoss", "inverse_distance"]
+__all__ = ["correlation_matrix", "covariance", "pair_loss", "centred_distance", "SpatialCorrelationLoss", "inverse_distance"]
 
 EPS = 1e-12
 
@@ -31,37 +31,82 @@ def inverse_distance(layout: Layout) -> torch.Tensor:
     return (1.0 / (1.0 + distance(layout, layout, p=2))).float()
 
 
+def _corr_from_cov(C: torch.Tensor) -> torch.Tensor:
+    """Correlations from covariances ``(..., n, n)``; units with (numerically) zero variance get 0."""
+    var = C.diagonal(dim1=-2, dim2=-1)
+    alive = var > 1e-12 * var.amax(-1, keepdim=True).clamp_min(1e-30)
+    # rsqrt only of positive variances: its derivative at 0 is infinite and would poison gradients with NaN.
+    inv = torch.where(alive, var, torch.ones_like(var)).rsqrt() * alive
+    return C * inv[..., :, None] * inv[..., None, :]
+
+
+class _Covariance(torch.autograd.Function):
+    """``C = XcᵀXc / N`` with ``Xc = X − mean``, and a one-product backward.
+
+    ``dX = Xc (G + Gᵀ) / N``: the centring's Jacobian drops out because the columns of ``Xc`` sum to zero.
+    Autograd would run two products and a centring backward over the (tokens × units) tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, X):
+        Xc = X - X.mean(-2, keepdim=True)
+        ctx.save_for_backward(Xc)
+        return Xc.transpose(-1, -2) @ Xc / X.shape[-2]
+
+    @staticmethod
+    def backward(ctx, G):
+        (Xc,) = ctx.saved_tensors
+        return Xc @ ((G + G.transpose(-1, -2)) / Xc.shape[-2])
+
+
+def covariance(X: torch.Tensor) -> torch.Tensor:
+    """Covariances between the columns of ``X (..., N, n)`` (population, float32) → ``(..., n, n)``."""
+    return _Covariance.apply(X.float())
+
+
 def correlation_matrix(X: torch.Tensor) -> torch.Tensor:
-    """Pearson correlations between the columns of ``X (..., N, n)`` → ``(..., n, n)``; zero-variance → 0."""
-    X = X.float()
-    Z = X - X.mean(-2, keepdim=True)
-    var = Z.pow(2).mean(-2, keepdim=True)
-    # sqrt only of positive variances: sqrt'(0) is infinite and would poison the gradient with NaN.
-    Z = Z / torch.where(var > 0, var, torch.ones_like(var)).sqrt()
-    return Z.transpose(-1, -2) @ Z / X.shape[-2]
+    """Pearson correlations between the columns of ``X (..., N, n)`` → ``(..., n, n)``; zero-variance → 0.
+
+    One centring pass over ``X`` and one matrix product; everything else is on ``n × n``.
+    """
+    return _corr_from_cov(covariance(X))
 
 
-def pair_loss(r: torch.Tensor, D: torch.Tensor, kind: str = "relative", d_sums=None) -> torch.Tensor:
-    """Loss between ``r`` and ``D`` (``(..., m, m)``, symmetric) over the pairs i < j; batched over ``...``."""
+def centred_distance(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``D`` minus its mean over pairs, with a zero diagonal, and Σ over pairs of its square."""
+    m = D.shape[-1]
+    eye = torch.eye(m, dtype=torch.bool, device=D.device)
+    P = m * (m - 1) / 2
+    mean = D.masked_fill(eye, 0).sum((-2, -1), keepdim=True) / (2 * P)
+    Dc = (D - mean).masked_fill(eye, 0)
+    return Dc, Dc.pow(2).sum((-2, -1)) / 2
+
+
+def _relative(r: torch.Tensor, Dc: torch.Tensor, sdd: torch.Tensor) -> torch.Tensor:
+    """½(1 − corr) over pairs from ``r`` and the centred ``Dc``: Σ r·Dc is the covariance (Σ Dc = 0)."""
     m = r.shape[-1]
     P = m * (m - 1) / 2
-    rd, Dd = torch.diagonal(r, dim1=-2, dim2=-1), torch.diagonal(D, dim1=-2, dim2=-1)
+    diag = r.diagonal(dim1=-2, dim2=-1)
+    sr = (r.sum((-2, -1)) - diag.sum(-1)) / 2
+    sr2 = (r.pow(2).sum((-2, -1)) - diag.pow(2).sum(-1)) / 2
+    cov = (r * Dc).sum((-2, -1)) / 2
+    var_r = (sr2 - sr * sr / P).clamp_min(EPS)
+    return 0.5 * (1.0 - cov / torch.sqrt(var_r * sdd.clamp_min(EPS)))
+
+
+def _absolute(r: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    m = r.shape[-1]
+    diff = (r - D).abs()
+    return (diff.sum((-2, -1)) - diff.diagonal(dim1=-2, dim2=-1).sum(-1)) / (m * (m - 1))
+
+
+def pair_loss(r: torch.Tensor, D: torch.Tensor, kind: str = "relative") -> torch.Tensor:
+    """Loss between ``r`` and ``D`` (``(..., m, m)``, symmetric) over the pairs i < j; batched over ``...``."""
     if kind == "absolute":
-        return (((r - D).abs().sum((-2, -1)) - (rd - Dd).abs().sum(-1)) / 2) / P
+        return _absolute(r, D)
     if kind != "relative":
         raise ValueError(f"kind must be 'relative' or 'absolute', got {kind!r}")
-    if d_sums is None:
-        sD = (D.sum((-2, -1)) - Dd.sum(-1)) / 2
-        sD2 = (D.pow(2).sum((-2, -1)) - Dd.pow(2).sum(-1)) / 2
-    else:
-        sD, sD2 = d_sums
-    sr = (r.sum((-2, -1)) - rd.sum(-1)) / 2
-    sr2 = (r.pow(2).sum((-2, -1)) - rd.pow(2).sum(-1)) / 2
-    srD = ((r * D).sum((-2, -1)) - (rd * Dd).sum(-1)) / 2
-    cov = srD / P - (sr / P) * (sD / P)
-    var_r = (sr2 / P - (sr / P) ** 2).clamp_min(EPS)
-    var_D = (sD2 / P - (sD / P) ** 2).clamp_min(EPS)
-    return 0.5 * (1.0 - cov / torch.sqrt(var_r * var_D))
+    return _relative(r, *centred_distance(D))
 
 
 class _Sheet:
@@ -75,11 +120,7 @@ class _Sheet:
     def refresh(self) -> None:
         """Recompute distances and neighbourhoods (after the positions changed)."""
         self.D = inverse_distance(self.layout)
-        n = self.D.shape[0]
-        P = n * (n - 1) / 2
-        Dd = self.D.diagonal()
-        self.d_sums = ((self.D.sum() - Dd.sum()) / 2, (self.D.pow(2).sum() - Dd.pow(2).sum()) / 2)
-        self.P = P
+        self.Dc, self.sdd = centred_distance(self.D)
         # Sup-norm windows around every unit: the units within ``radius`` of it.
         c = self.layout.unit_coords
         inside = (c[:, None, :] - c[None, :, :]).abs().amax(-1) <= self.radius + 1e-9
@@ -100,6 +141,7 @@ class _Sheet:
             Dw = self.D[W[:, :, None], W[:, None, :]]
             if torch.allclose(Dw, Dw[:1].expand_as(Dw), atol=1e-6):  # translation-invariant (a grid)
                 self.windows, self.Dw = W, Dw[0]
+                self.Dcw, self.sddw = centred_distance(self.Dw)
         self.inside = inside
 
     def sample(self, k: int, generator: torch.Generator | None) -> list[torch.Tensor] | torch.Tensor:
@@ -150,7 +192,7 @@ class SpatialCorrelationLoss:
             self.sheets.append(_Sheet(name, module, lay, a, radius))
         self.mode, self.kind, self.k, self.generator, self.capture = mode, kind, neighbourhoods, generator, capture
         self._hooks = [s.module.register_forward_hook(self._make_hook(s)) for s in self.sheets]
-        self.last: dict[str, float] = {}
+        self._cache: dict = {}
 
     def _make_hook(self, sheet: _Sheet):
         def hook(module, args, out):
@@ -162,41 +204,91 @@ class SpatialCorrelationLoss:
                 sheet.acts = out.reshape(-1, out.shape[-1])
         return hook
 
+    def _sheet_r(self, s: _Sheet) -> torch.Tensor:
+        """Correlations of one sheet: ``(n, n)`` (exact) or ``(k, m, m)`` for its sampled windows."""
+        X = s.acts.float()
+        if self.mode == "exact":
+            return correlation_matrix(X)
+        idx = s.sample(self.k, self.generator).to(X.device)            # (k, m)
+        k, m = idx.shape
+        n = X.shape[-1]
+        if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
+            r = correlation_matrix(X)
+            return r[idx[:, :, None], idx[:, None, :]]
+        Xw = X.index_select(1, idx.flatten()).view(X.shape[0], k, m).transpose(0, 1)  # (k, N, m)
+        return correlation_matrix(Xw)
+
+    def _group_loss(self, group: list[_Sheet]) -> torch.Tensor:
+        """Losses ``(S,)`` of sheets of one size: correlations per sheet, the loss for all in one batch."""
+        r = torch.stack([self._sheet_r(s) for s in group])              # (S, n, n) or (S, k, m, m)
+        dev = r.device
+        key = (tuple(id(s) for s in group), dev, self.mode)
+        if key not in self._cache:
+            if self.mode == "exact":
+                self._cache[key] = (torch.stack([s.D for s in group]).to(dev), torch.stack([s.Dc for s in group]).to(dev),
+                                    torch.stack([s.sdd for s in group]).to(dev))
+            else:
+                self._cache[key] = (group[0].Dw.to(dev), group[0].Dcw.to(dev), group[0].sddw.to(dev))
+        D, Dc, sdd = self._cache[key]
+        loss = _relative(r, Dc, sdd) if self.kind == "relative" else _absolute(r, D)
+        return loss if self.mode == "exact" else loss.mean(-1)
+
     def sheet_loss(self, sheet: _Sheet, X: torch.Tensor) -> torch.Tensor:
         """Loss of one sheet for activations ``X (N, n)``."""
         with torch.autocast(device_type=X.device.type, enabled=False):
             X = X.float()
             if self.mode == "exact":
-                D = sheet.D.to(X.device)
-                sums = tuple(s.to(X.device) for s in sheet.d_sums)
-                return pair_loss(correlation_matrix(X), D, self.kind, sums)
+                r = correlation_matrix(X)
+                return (_relative(r, sheet.Dc.to(X.device), sheet.sdd.to(X.device)) if self.kind == "relative"
+                        else _absolute(r, sheet.D.to(X.device)))
             win = sheet.sample(self.k, self.generator)
             if isinstance(win, torch.Tensor):
-                Xw = X[:, win.to(X.device)].permute(1, 0, 2)         # (k, N, m)
-                return pair_loss(correlation_matrix(Xw), sheet.Dw.to(X.device), self.kind).mean()
+                r = correlation_matrix(X[:, win.to(X.device)].permute(1, 0, 2))
+                return pair_loss(r, sheet.Dw.to(X.device), self.kind).mean()
             losses = [pair_loss(correlation_matrix(X[:, w.to(X.device)]), sheet.D[w][:, w].to(X.device), self.kind)
                       for w in win if len(w) > 1]
             return torch.stack(losses).mean()
 
     def __call__(self) -> torch.Tensor:
-        """Σ α·loss over sheets from the last captured forward pass; clears the captured activations."""
-        total, self.last = None, {}
+        """Σ α·loss over sheets from the last captured forward pass; clears the captured activations.
+
+        Sheets whose activations share a shape (all sheets of a transformer) are computed together in one
+        batch; the per-sheet values are kept, detached, in :attr:`last_values`.
+        """
+        missing = [s.name for s in self.sheets if s.acts is None]
+        if missing:
+            raise RuntimeError(f"sheet(s) {missing} have no activations: run a forward pass with grad enabled "
+                               "(or capture='always') before computing the loss")
+        groups: dict = {}
         for s in self.sheets:
-            if s.acts is None:
-                raise RuntimeError(f"sheet {s.name} has no activations: run a forward pass with grad enabled "
-                                   "(or capture='always') before computing the loss")
-            l = self.sheet_loss(s, s.acts)
-            self.last[s.name] = float(l.detach())
+            batched = self.mode == "exact" or s.windows is not None
+            key = (s.acts.shape[-1], s.acts.device) if batched else ("single", id(s))
+            groups.setdefault(key, []).append(s)
+        values, total = [], None
+        with torch.autocast(device_type=self.sheets[0].acts.device.type, enabled=False):
+            for key, group in groups.items():
+                if key[0] == "single":
+                    loss = self.sheet_loss(group[0], group[0].acts).reshape(1)
+                else:
+                    loss = self._group_loss(group)
+                w = torch.tensor([s.alpha for s in group], device=loss.device, dtype=loss.dtype)
+                part = (w * loss).sum()
+                total = part if total is None else total + part
+                values += list(zip([s.name for s in group], loss.detach()))
+        for s in self.sheets:
             s.acts = None
-            if s.alpha:
-                total = s.alpha * l if total is None else total + s.alpha * l
-        if total is None:
-            total = torch.zeros((), device=self.sheets[0].D.device)
+        self.last_values = values
         return total
+
+    @property
+    def last(self) -> dict[str, float]:
+        """Per-sheet loss values of the last call (converted lazily: no device sync during training)."""
+        return {name: float(v) for name, v in getattr(self, "last_values", [])}
 
     def refresh(self) -> None:
         for s in self.sheets:
             s.refresh()
+        self._cache.clear()
 
     def set_layout(self, name: str, lay: Layout) -> None:
         for s in self.sheets:
@@ -205,6 +297,7 @@ class SpatialCorrelationLoss:
                     raise ValueError(f"new layout has {lay.n} units, sheet {name} has {s.layout.n}")
                 s.layout = lay
                 s.refresh()
+                self._cache.clear()
                 return
         raise KeyError(name)
 

@@ -1,0 +1,116 @@
+"""Training-step time of a tiny GPT with the spatial correlation loss ÷ without it, and swap
+pre-optimisation speed (incremental O(n) vs naive O(n²) per candidate), measured side by side.
+
+    python benchmarks/spatial_loss.py                      # the topolm recipe's GPT (2L d100 B32 T32)
+    python benchmarks/spatial_loss.py --layers 4 --embd 256 --block 256 --batch 16 --radius 4   # 4L d256 GPT
+    python benchmarks/spatial_loss.py --device cuda --layers 12 --embd 784 --heads 16 --block 1024 --batch 8
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+from topotorch import layout as L
+from topotorch.costs import SpatialCorrelationLoss, correlation_matrix
+from topotorch.gpt import GPT, GPTConfig
+from topotorch.relocate import swap_optimize
+
+
+def step_times(args, device):
+    torch.manual_seed(0)
+    cfg = GPTConfig(args.block, 256, args.layers, args.heads, args.embd)
+    model = GPT(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    side = math.isqrt(args.embd)
+    hooked = [(n, m) for n, m in model.sheets() if args.where == "outputs" or n.endswith(".mlp")]
+    sheets = [(n, m, L.grid(side, side, spacing=1.0).random_permutation(torch.Generator().manual_seed(i)))
+              for i, (n, m) in enumerate(hooked)]
+    losses = {
+        "plain": None,
+        "sampled": SpatialCorrelationLoss(sheets, alpha=2.5, mode="sampled", neighbourhoods=5, radius=args.radius),
+        "exact": SpatialCorrelationLoss(sheets, alpha=2.5, mode="exact"),
+    }
+    for sl in losses.values():
+        if sl is not None:
+            sl.remove()  # re-attached per arm below so only one set of hooks captures at a time
+    x = torch.randint(0, 256, (args.batch, args.block), device=device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step(mode):
+        sl = losses[mode]
+        if sl is not None:
+            sl._hooks = [s.module.register_forward_hook(sl._make_hook(s)) for s in sl.sheets]
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            _, loss = model(x, x)
+        if sl is not None:
+            loss = loss + sl()
+            sl.remove()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    modes = list(losses)
+    for _ in range(3):
+        for m in modes:
+            step(m)
+    times = {m: [] for m in modes}
+    for i in range(args.steps):
+        for m in modes[i % 3:] + modes[:i % 3]:
+            t = time.perf_counter()
+            step(m)
+            times[m].append(time.perf_counter() - t)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def swap_speed(n, seconds=1.0):
+    side = math.isqrt(n)
+    lay = L.grid(side, side, spacing=1.0).random_permutation(torch.Generator().manual_seed(0))
+    acts = torch.randn(512, 8) @ torch.randn(8, n) + 0.3 * torch.randn(512, n)
+    r = correlation_matrix(acts)
+    out = {}
+    for naive in (False, True):
+        swaps = 20 if naive and n > 300 else 200
+        _, info = swap_optimize(r, lay, windows=1 if naive else 5, swaps_per_window=swaps, radius=5, naive=naive)
+        out["naive" if naive else "fast"] = info["tried"] / info["seconds"]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--embd", type=int, default=100)
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--radius", type=float, default=2.0)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--no-swaps", action="store_true")
+    ap.add_argument("--where", choices=["outputs", "mlp"], default="outputs",
+                    help="outputs: attention and MLP output of every block (TopoLM); mlp: MLP outputs only")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    t = step_times(args, device)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {device}; GPT {args.layers}L d{args.embd} "
+          f"B{args.batch} T{args.block}; {(2 if args.where == 'outputs' else 1) * args.layers} sheets "
+          f"({'attention and MLP' if args.where == 'outputs' else 'MLP'} outputs), α = 2.5 each")
+    print(f"plain step                       {t['plain'] * 1e3:8.1f} ms")
+    print(f"+ sampled loss (5 windows, r={args.radius:g})  {t['sampled'] * 1e3:8.1f} ms   ratio {t['sampled'] / t['plain']:.3f}")
+    print(f"+ exact whole-sheet loss          {t['exact'] * 1e3:8.1f} ms   ratio {t['exact'] / t['plain']:.3f}")
+    if not args.no_swaps:
+        for n in (100, 256, 784):
+            s = swap_speed(n)
+            print(f"swap pre-optimisation, n = {n:3d}: {s['fast']:9.0f} swaps/s incremental, "
+                  f"{s['naive']:7.0f} swaps/s naive recompute ({s['fast'] / s['naive']:.0f}×)")
+
+
+if __name__ == "__main__":
+    main()
