@@ -1,5 +1,5 @@
 """topotorch: spatially embedded neural networks in PyTorch."""
-from . import layout, metrics
+from . import costs, gpt, layout, metrics
 from .layout import Layout, distance
 from .graph import NeuronGraph, NeuronLayer, Port, WeightLayer, embed
 from .costs import WiringCost
@@ -7,5 +7,5 @@ from .relocate import relocate
 from .models import MLP
 
 __version__ = "0.1.0"
-__all__ = ["layout", "metrics", "Layout", "distance", "NeuronGraph", "NeuronLayer", "Port", "WeightLayer", "embed",
+__all__ = ["costs", "gpt", "layout", "metrics", "Layout", "distance", "NeuronGraph", "NeuronLayer", "Port", "WeightLayer", "embed",
            "WiringCost", "relocate", "MLP"]
