@@ -112,8 +112,9 @@ def pair_loss(r: torch.Tensor, D: torch.Tensor, kind: str = "relative") -> torch
 class _Sheet:
     """One hooked module: its layout, weight, and precomputed distances / neighbourhoods."""
 
-    def __init__(self, name: str, module: nn.Module, layout: Layout, alpha: float, radius: float):
+    def __init__(self, name: str, module: nn.Module, layout: Layout, alpha: float, radius: float, transform=None):
         self.name, self.module, self.layout, self.alpha, self.radius = name, module, layout, alpha, radius
+        self.transform = transform  # output → (samples, units); default: the last dimension holds the units
         self.acts: torch.Tensor | None = None
         self.refresh()
 
@@ -161,8 +162,9 @@ class SpatialCorrelationLoss:
         loss = task_loss + sl()        # from the activations of the last forward pass
 
     Args:
-        sheets: module → :class:`Layout` of its output units (last dimension of the output), or a
-            ``(name, module, layout)`` list.
+        sheets: module → :class:`Layout` of its output units (last dimension of the output), or a list of
+            ``(name, module, layout)`` or ``(name, module, layout, transform)`` with ``transform(output)``
+            giving ``(samples, units)``.
         alpha: one weight for all sheets, or a mapping name → weight.
         mode: ``"exact"`` (whole sheet) or ``"sampled"`` (``neighbourhoods`` windows of sup-norm ``radius``
             per sheet per call, as TopoLM).
@@ -187,9 +189,10 @@ class SpatialCorrelationLoss:
             raise ValueError("no sheets given")
         self.sheets: list[_Sheet] = []
         for i, item in enumerate(items):
-            name, module, lay = (f"sheet{i}", *item) if len(item) == 2 else item
+            item = (f"sheet{i}", *item) if len(item) == 2 else tuple(item)
+            name, module, lay, transform = item if len(item) == 4 else (*item, None)
             a = alpha.get(name, 0.0) if isinstance(alpha, Mapping) else float(alpha)
-            self.sheets.append(_Sheet(name, module, lay, a, radius))
+            self.sheets.append(_Sheet(name, module, lay, a, radius, transform))
         self.mode, self.kind, self.k, self.generator, self.capture = mode, kind, neighbourhoods, generator, capture
         self._hooks = [s.module.register_forward_hook(self._make_hook(s)) for s in self.sheets]
         self._cache: dict = {}
@@ -198,10 +201,11 @@ class SpatialCorrelationLoss:
         def hook(module, args, out):
             if self.capture == "always" or torch.is_grad_enabled():
                 out = out[0] if isinstance(out, tuple) else out
-                if out.shape[-1] != sheet.layout.n:
-                    raise ValueError(f"sheet {sheet.name}: output has {out.shape[-1]} units, layout has "
+                X = sheet.transform(out) if sheet.transform is not None else out.reshape(-1, out.shape[-1])
+                if X.shape[-1] != sheet.layout.n:
+                    raise ValueError(f"sheet {sheet.name}: output has {X.shape[-1]} units, layout has "
                                      f"{sheet.layout.n}")
-                sheet.acts = out.reshape(-1, out.shape[-1])
+                sheet.acts = X
         return hook
 
     def _sheet_r(self, s: _Sheet) -> torch.Tensor:
