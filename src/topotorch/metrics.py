@@ -321,13 +321,23 @@ def correlation_vs_distance(acts, layout_or_coords, bins: int = 12) -> dict:
 
 
 def smoothness_index(values, layout_or_coords, bins: int = 10) -> float:
-    """TDANN's smoothness: with c_b the mean |Δvalue| of unit pairs in distance bin b (nearest first),
-    S = (max_b c_b − c_0) / max_b c_b ∈ [0, 1]; 1 when neighbours agree and distant units differ."""
-    x = np.asarray(values, dtype=np.float64).ravel()
+    """TDANN's smoothness: with c_b the mean dissimilarity of unit pairs in distance bin b (nearest first),
+    S = (max_b c_b − c_0) / max_b c_b ∈ [0, 1]; 1 when neighbours agree and distant units differ.
+
+    ``values (n,)``: a scalar preference, dissimilarity |Δvalue|. ``values (n, k)``: a tuning profile per
+    unit (e.g. mean response to each class), dissimilarity 1 − Pearson r between the two profiles."""
+    x = np.asarray(values, dtype=np.float64)
     c = _coords(layout_or_coords)
     i, j = np.triu_indices(len(c), 1)
     dd = np.sqrt(((c[i] - c[j]) ** 2).sum(-1))
-    dv = np.abs(x[i] - x[j])
+    if x.ndim == 2:
+        z = x - x.mean(1, keepdims=True)
+        nrm = np.linalg.norm(z, axis=1)
+        z = np.divide(z, nrm[:, None], out=np.zeros_like(z), where=nrm[:, None] > 0)
+        dv = 1.0 - (z[i] * z[j]).sum(1)
+    else:
+        x = x.ravel()
+        dv = np.abs(x[i] - x[j])
     edges = np.linspace(dd.min(), dd.max() + 1e-9, bins + 1)
     k = np.clip(np.digitize(dd, edges) - 1, 0, bins - 1)
     cnt = np.bincount(k, minlength=bins)

@@ -42,9 +42,15 @@ def _runner_topolm(config: dict, out, resume: bool, progress: bool) -> dict:
     return run_topolm(from_dict(TopoLMConfig, config), out, resume=resume, progress=progress)
 
 
+def _runner_tdann(config: dict, out, resume: bool, progress: bool) -> dict:
+    from .experiments.tdann import TDANNConfig, run_tdann
+    return run_tdann(from_dict(TDANNConfig, config), out, progress=progress)
+
+
 # kind -> runner(config dict, out dir, resume, progress) -> metrics
 RUNNERS: dict[str, Callable] = {"bimt": _runner_bimt, "locality-prior": _runner_locality,
-                               "spatial-two-task": _runner_spatial, "topolm": _runner_topolm}
+                               "spatial-two-task": _runner_spatial, "topolm": _runner_topolm,
+                               "tdann-cnn": _runner_tdann}
 
 
 def _recipe_files() -> dict[str, Path]:
