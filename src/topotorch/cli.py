@@ -49,6 +49,13 @@ def _cmd_workflow(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from .report import reproduce
+    rows = reproduce(args.out, quick=args.quick, only=args.only.split(",") if args.only else None,
+                     progress=not args.quiet)
+    return 0 if all(r["holds"] for r in rows) else 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="topotorch", description="Spatially embedded neural networks.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -62,6 +69,11 @@ def main(argv=None) -> int:
                    help="override a config key, e.g. --set variant=none (repeatable)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp = sub.add_parser("reproduce", help="run every recipe and write report.md / report.html")
+    rp.add_argument("--quick", action="store_true", help="quick variants (a few minutes on a 2-core CPU)")
+    rp.add_argument("--out", default="reproduce", help="output directory (default: reproduce)")
+    rp.add_argument("--only", help="comma-separated recipes to run (default: all)")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
     for name, text in (("record", "per-task mean |activation| and variance of every neuron of a run"),
                        ("plot", "neuron positions coloured by task preference; per-task specificity maps"),
                        ("split", "assign neurons to tasks and write one task-specific model per task"),
@@ -73,7 +85,7 @@ def main(argv=None) -> int:
             w.add_argument("--seed", type=int, default=0, help="seed of the probability method")
     args = p.parse_args(argv)
     try:
-        handler = _cmd_run if args.cmd == "run" else _cmd_workflow
+        handler = {"run": _cmd_run, "reproduce": _cmd_reproduce}.get(args.cmd, _cmd_workflow)
         return handler(args)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"topotorch: error: {e}", file=sys.stderr)
