@@ -107,3 +107,14 @@ def test_corrupt_model_file_is_reported(tmp_path):
     p.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="safetensors"):
         load_model(tt.MLP([2, 2]), p)
+
+
+def test_tensorboard_logging_is_optional(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="topotorch\\[tensorboard\\]"):
+            run_recipe("independence", tmp_path, dict(SHORT, tensorboard=True), progress=False)
+        return
+    run_recipe("independence", tmp_path, dict(SHORT, tensorboard=True), progress=False)
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())

@@ -32,7 +32,7 @@ from .costs.correlation import SpatialCorrelationLoss, correlation_matrix
 from .gpt import GPT, GPTConfig
 from .layout import atomic_write_text
 from .relocate import swap_optimize
-from .train import CSVLog, TrainingDiverged
+from .train import CSVLog, TrainingDiverged, tensorboard_writer
 
 __all__ = ["TopoLMConfig", "train_lm", "analyse_lm", "run_topolm"]
 
@@ -74,6 +74,7 @@ class TopoLMConfig:
     dtype: str = "float32"           # float32 | bfloat16 (autocast)
     compile: bool = False
     threads: int = 2
+    tensorboard: bool = False        # also log to <arm>/tb (pip install 'topotorch[tensorboard]')
     quick: bool = False              # a < 1 minute variant for tests
 
     def validate(self):
@@ -208,7 +209,8 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     elif not resume and ckpt.latest() is not None:
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume or choose another --out")
     log = CSVLog(out / "log.csv", ["step", "train_loss", "val_loss", "spatial_loss", "lr"],
-                 resume_step=start if resume else None) if rank == 0 else None
+                 resume_step=start if resume else None,
+                 tensorboard=tensorboard_writer(out, cfg.tensorboard)) if rank == 0 else None
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"topolm[α={alpha:g}]",
                disable=not progress or rank != 0, unit="step", mininterval=1.0)
     t0 = time.time()

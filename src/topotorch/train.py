@@ -27,7 +27,7 @@ from .models import MLP
 from .plot import draw_network, plot_curves
 from .relocate import relocate
 
-__all__ = ["make_optimizer", "accuracy", "fit_classifier", "BIMTConfig", "train_bimt", "TrainingDiverged", "finish_bimt", "piecewise", "CSVLog", "VARIANTS"]
+__all__ = ["make_optimizer", "tensorboard_writer", "accuracy", "fit_classifier", "BIMTConfig", "train_bimt", "TrainingDiverged", "finish_bimt", "piecewise", "CSVLog", "VARIANTS"]
 
 # BIMT's ablation (seed 003's train_type 1–5): (L1 on, distance term in training, swaps on).
 VARIANTS = {
@@ -124,11 +124,23 @@ def piecewise(base: float, schedule, steps: int):
     return at
 
 
-class CSVLog:
-    """Append-only CSV log; on resume, rows after the restart step are dropped first."""
+def tensorboard_writer(out, enabled: bool):
+    """A TensorBoard ``SummaryWriter`` under ``out/tb`` when ``enabled`` (needs the optional extra)."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("TensorBoard logging needs the optional extra: pip install 'topotorch[tensorboard]'") from None
+    return SummaryWriter(str(Path(out) / "tb"))
 
-    def __init__(self, path, fields: list[str], resume_step: int | None = None):
-        self.path, self.fields = Path(path), fields
+
+class CSVLog:
+    """Append-only CSV log (mirrored to TensorBoard when a writer is given); on resume, rows after the
+    restart step are dropped first."""
+
+    def __init__(self, path, fields: list[str], resume_step: int | None = None, tensorboard=None):
+        self.path, self.fields, self.tb = Path(path), fields, tensorboard
         if resume_step is not None and self.path.exists():
             with open(self.path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) < resume_step]
@@ -146,9 +158,15 @@ class CSVLog:
     def write(self, row: dict) -> None:
         self._w.writerow(row)
         self._fh.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, int(row["step"]))
 
     def close(self) -> None:
         self._fh.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 @dataclass
@@ -183,6 +201,7 @@ class BIMTConfig:
     log_interval: int = 200
     checkpoint_interval: int = 2000
     threads: int = 1
+    tensorboard: bool = False         # also log to out/tb (pip install 'topotorch[tensorboard]')
 
     def validate(self) -> None:
         if self.task not in D.SYMBOLIC:
@@ -249,7 +268,7 @@ def train_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True
         start, elapsed_before = st["step"], st["extra"].get("seconds", 0.0)
     atomic_write_text(out / "config.json", json.dumps({"config": conf, "layouts": graph.state_dict()}, indent=1))
     log = CSVLog(out / "log.csv", ["step", "train_loss", "test_loss", "cost", "lam", "swaps"],
-                 resume_step=start if resume else None)
+                 resume_step=start if resume else None, tensorboard=tensorboard_writer(out, cfg.tensorboard))
     x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     swaps = 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
