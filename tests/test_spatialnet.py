@@ -96,3 +96,6 @@ def test_workflow_errors_are_clear(tmp_path, capsys):
     assert "no such run directory" in capsys.readouterr().err
     with pytest.raises(ValueError, match="two"):
         S.SpatialConfig(tasks=["digits"]).validate()
+    from topotorch.recipes import run_recipe
+    with pytest.raises(ValueError, match="without --resume"):
+        run_recipe("spatial-two-task", tmp_path / "x", {}, resume=True)

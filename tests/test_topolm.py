@@ -40,6 +40,9 @@ def test_resume_continues_exactly(tmp_path):
     run_recipe("topolm", b, over, resume=True, progress=False)
     wa, wb = load_file(str(a / "topo" / "model.safetensors")), load_file(str(b / "topo" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    from topotorch.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="different config"):
+        run_recipe("topolm", b, dict(over, lr=0.01), resume=True, progress=False)
 
 
 def test_ddp_two_cpu_processes_hold_identical_parameters(tmp_path):

@@ -22,17 +22,24 @@ class Recipe:
     config: dict
 
 
+def _no_resume(resume: bool) -> None:
+    if resume:
+        raise ConfigError("this recipe trains in well under a minute and keeps no checkpoints; run it without --resume")
+
+
 def _runner_bimt(config: dict, out, resume: bool, progress: bool) -> dict:
     from .train import BIMTConfig, train_bimt
     return train_bimt(from_dict(BIMTConfig, config), out, resume=resume, progress=progress)
 
 
 def _runner_locality(config: dict, out, resume: bool, progress: bool) -> dict:
+    _no_resume(resume)
     from .experiments.locality import LocalityConfig, run_locality
     return run_locality(from_dict(LocalityConfig, config), out, progress=progress)
 
 
 def _runner_spatial(config: dict, out, resume: bool, progress: bool) -> dict:
+    _no_resume(resume)
     from .spatialnet import SpatialConfig, run_two_task
     return run_two_task(from_dict(SpatialConfig, config), out, progress=progress)
 
@@ -43,6 +50,7 @@ def _runner_topolm(config: dict, out, resume: bool, progress: bool) -> dict:
 
 
 def _runner_tdann(config: dict, out, resume: bool, progress: bool) -> dict:
+    _no_resume(resume)
     from .experiments.tdann import TDANNConfig, run_tdann
     return run_tdann(from_dict(TDANNConfig, config), out, progress=progress)
 

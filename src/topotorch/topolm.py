@@ -390,9 +390,16 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
     rank = int(os.environ.get("RANK", "0"))
     t0 = time.time()
     tokens = load_tokens(cfg)
+    conf = dataclasses.asdict(cfg)
+    if resume and (out / "config.json").is_file():
+        old = json.loads((out / "config.json").read_text()).get("config", {})
+        diff = sorted(k for k in set(old) | set(conf) if old.get(k) != conf.get(k))
+        if diff:
+            raise CheckpointError(f"{out} holds a run with a different config ({diff}); use another --out "
+                                  "or the same settings")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps({"config": dataclasses.asdict(cfg)}, indent=1))
+        atomic_write_text(out / "config.json", json.dumps({"config": conf}, indent=1))
     results, layouts, summaries = {}, {}, {}
     for arm in cfg.arms:
         alpha = cfg.alpha if arm == "topo" else 0.0
