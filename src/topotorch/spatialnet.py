@@ -55,7 +55,7 @@ class SpatialConfig:
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: float = 5e-3
     weight_decay: float = 0.0
-    epochs: int = 100
+    epochs: int = 150
     batch_size: int = 256
     split_method: Literal["greedy", "probability"] = "greedy"
     data_dir: str = "data/mnist"
@@ -116,6 +116,12 @@ class TwoTask:
     combine: str
     classes: int
     slices: list[tuple[int, int]]  # input columns of each task (concatenate), else the padded range
+    repair: object = None          # epoch -> (x, y): the training tasks paired afresh (concatenate/mix)
+
+    def epoch_data(self, epoch: int):
+        """Training inputs of one epoch. Paired combinators draw new partners every epoch: with a fixed
+        pairing a network memorises one task's labels through the other task's input."""
+        return (self.x_train, self.y_train) if self.repair is None else self.repair(epoch)
 
 
 def _standardise(tr: torch.Tensor, te: torch.Tensor):
@@ -148,9 +154,9 @@ def two_task_data(tasks: list[str], combine: str, seed: int, data_dir: str = "da
     else:
         raise ValueError(f"unknown combine {combine!r}; choose concatenate, mix or sequential")
 
-    def paired(which: int):
+    def paired(which: int, gen=g):
         n = max(len(x[which]) for x in xs)
-        idx = [torch.arange(n) % len(xs[0][which])] + [torch.randperm(n, generator=g) % len(x[which]) for x in xs[1:]]
+        idx = [torch.arange(n) % len(xs[0][which])] + [torch.randperm(n, generator=gen) % len(x[which]) for x in xs[1:]]
         x = sum(place(xs[t][which][idx[t]], t) for t in range(T))
         ys = [splits[t].y_train if which == 0 else splits[t].y_test for t in range(T)]
         return x, torch.stack([ys[t][idx[t]] for t in range(T)], 1)
@@ -167,7 +173,9 @@ def two_task_data(tasks: list[str], combine: str, seed: int, data_dir: str = "da
         xtr, ytr = paired(0)
         xte, yte = paired(1)
     probe = [place(xs[t][1], t) for t in range(T)]
-    return TwoTask(xtr, ytr, xte, yte, probe, [s.y_test for s in splits], combine, classes, slices)
+    repair = None if combine == "sequential" else (
+        lambda epoch: paired(0, torch.Generator().manual_seed(seed * 100_003 + epoch + 1)))
+    return TwoTask(xtr, ytr, xte, yte, probe, [s.y_test for s in splits], combine, classes, slices, repair)
 
 
 def _loss(model: SpatialNet, combine: str):
@@ -243,7 +251,8 @@ def train_spatial(cfg: SpatialConfig, out, progress: bool = True, data: TwoTask 
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
     hist = fit_classifier(model, data.x_train, data.y_train, cfg.epochs, cfg.batch_size, opt, cfg.seed,
                           extra_loss=spatial_loss(model, cfg), loss_fn=_loss(model, cfg.combine),
-                          progress=progress, desc=f"{cfg.recipe}[α={cfg.alpha:g},β={cfg.beta:g}]")
+                          progress=progress, desc=f"{cfg.recipe}[α={cfg.alpha:g},β={cfg.beta:g}]",
+                          epoch_data=data.epoch_data)
     save_model(model, out / "model.safetensors")
     atomic_write_text(out / "config.json", json.dumps({"config": dataclasses.asdict(cfg), "history": hist}, indent=1))
     steps = cfg.epochs * ((len(data.x_train) + cfg.batch_size - 1) // cfg.batch_size)

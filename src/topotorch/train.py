@@ -66,11 +66,12 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> floa
 
 def fit_classifier(model, x, y, epochs: int, batch_size: int, optimizer, seed: int = 0, extra_loss=None,
                    loss_fn=None, progress: bool = True, desc: str = "train", x_test=None, y_test=None,
-                   on_step=None) -> list[dict]:
+                   on_step=None, epoch_data=None) -> list[dict]:
     """Minibatch training with cross-entropy (or ``loss_fn(model, xb, yb)``) plus ``extra_loss()``.
 
-    Shuffles with its own seeded generator; returns one ``{epoch, train_loss, test_accuracy}`` per epoch.
-    A non-finite loss raises :class:`TrainingDiverged`.
+    Shuffles with its own seeded generator; ``epoch_data(epoch) -> (x, y)``, when given, supplies each
+    epoch's training set (e.g. freshly paired tasks). Returns one ``{epoch, train_loss, test_accuracy}``
+    per epoch. A non-finite loss raises :class:`TrainingDiverged`.
     """
     gen = torch.Generator().manual_seed(seed)
     loss_fn = loss_fn or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
@@ -80,6 +81,8 @@ def fit_classifier(model, x, y, epochs: int, batch_size: int, optimizer, seed: i
     step = 0
     for epoch in range(epochs):
         model.train()
+        if epoch_data is not None:
+            x, y = epoch_data(epoch)
         perm = torch.randperm(len(x), generator=gen)
         tot, n = 0.0, 0
         for i in range(0, len(x), batch_size):
