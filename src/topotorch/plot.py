@@ -57,7 +57,7 @@ def draw_network(graph: NeuronGraph, path=None, input_names: Sequence[str] | Non
         lw = 1.5 * np.abs(rel[d, s])
         colors = np.where(rel[d, s] > 0, "tab:blue", "tab:red")
         ax.add_collection(LineCollection(segs, linewidths=lw, colors=colors, zorder=1))
-    for i, p in enumerate(xy):
+    for p in xy:
         ax.scatter(p[:, 0], p[:, 1], s=max(4, 200 / max(graph.shape)), c="black", zorder=2)
     ip, op = graph.input_perm(), graph.output_perm()
     if input_names is not None:
