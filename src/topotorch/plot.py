@@ -5,15 +5,12 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-
-from .graph import NeuronGraph  # noqa: E402
+from .graph import NeuronGraph
 
 __all__ = ["draw_network", "plot_curves", "read_log"]
 
