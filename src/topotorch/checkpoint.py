@@ -17,7 +17,7 @@ from torch import nn
 
 from .layout import atomic_write_text
 
-__all__ = ["Checkpointer", "save_model", "load_model", "CheckpointError"]
+__all__ = ["Checkpointer", "save_model", "load_model", "check_same_config", "CheckpointError"]
 
 
 class CheckpointError(RuntimeError):
@@ -62,6 +62,18 @@ def load_model(model: nn.Module, path) -> None:
         raise CheckpointError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {extra[:5]}, "
                               f"wrong shape {bad[:5]}")
     model.load_state_dict(sd)
+
+
+def check_same_config(out, conf: dict) -> None:
+    """Refuse to resume ``out`` when its ``config.json`` holds a different config than ``conf``."""
+    prev = Path(out) / "config.json"
+    if not prev.is_file():
+        return
+    old = json.loads(prev.read_text()).get("config", {})
+    diff = sorted(k for k in set(old) | set(conf) if old.get(k) != conf.get(k))
+    if diff:
+        raise CheckpointError(f"{out} holds a run with a different config ({diff}); use another --out "
+                              "or the same settings")
 
 
 def _optim_split(opt: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -291,14 +291,15 @@ def _hidden_activations(model: SpatialNet, x: torch.Tensor) -> list[torch.Tensor
     return acts
 
 
-def record(run) -> dict:
+def record(run, loaded=None) -> dict:
     """Per-task mean |activation| and variance of every hidden neuron; writes ``record.safetensors``.
+    ``loaded`` (from :func:`load_run`) skips reading the run again; the same holds for the other steps.
 
     Task ``t`` is probed with its test inputs alone (the other tasks' inputs absent), so a neuron's
     variance under task ``t`` measures how much task ``t`` drives it.
     """
     run = Path(run)
-    cfg, model, data = load_run(run)
+    cfg, model, data = loaded or load_run(run)
     out = {}
     for t in range(len(cfg.tasks)):
         for l, a in enumerate(_hidden_activations(model, data.probe[t])):
@@ -341,10 +342,10 @@ def task_separation(model: SpatialNet, rec: dict) -> float:
     return float(np.average(scores, weights=weights)) if scores else 0.0
 
 
-def plot_run(run) -> list[Path]:
+def plot_run(run, loaded=None) -> list[Path]:
     """``positions.png`` (neurons at their positions, coloured by task preference) and ``specificity.png``."""
     run = Path(run)
-    cfg, model, _ = load_run(run)
+    cfg, model, _ = loaded or load_run(run)
     spec = specificity(_load_record(run))
     L = len(spec)
     fig, axes = plt.subplots(1, L, figsize=(3.4 * L, 3.3), squeeze=False)
@@ -376,7 +377,7 @@ def plot_run(run) -> list[Path]:
     return paths
 
 
-def split(run, method: str = "greedy", seed: int = 0) -> dict:
+def split(run, method: str = "greedy", seed: int = 0, loaded=None) -> dict:
     """Assign hidden neurons to tasks by walking back from the outputs and write one model per task.
 
     ``greedy`` (the seed's method): output units belong to their head; a neuron of layer l goes to the task
@@ -387,7 +388,7 @@ def split(run, method: str = "greedy", seed: int = 0) -> dict:
     if method not in ("greedy", "probability"):
         raise ValueError(f"unknown split method {method!r}; use greedy or probability")
     run = Path(run)
-    cfg, model, _ = load_run(run)
+    cfg, model, _ = loaded or load_run(run)
     T, C = model.tasks, model.classes
     linears = [m for m in model.net if isinstance(m, nn.Linear)]
     gen = torch.Generator().manual_seed(seed)
@@ -440,13 +441,14 @@ def load_split_model(run, t: int) -> MLP:
 
 
 @torch.no_grad()
-def score(run) -> dict:
+def score(run, loaded=None) -> dict:
     """Per-task test accuracy of the full model and of each split model; writes ``scores.json``."""
     run = Path(run)
-    cfg, model, data = load_run(run)
+    loaded = loaded or load_run(run)
+    cfg, model, data = loaded
     T = model.tasks
     if not (run / "split" / "task0.json").is_file():
-        split(run, cfg.split_method)
+        split(run, cfg.split_method, loaded=loaded)
     logits = model(data.x_test)
     full, parts = [], []
     for t in range(T):
@@ -475,12 +477,12 @@ def run_two_task(cfg: SpatialConfig, out, progress: bool = True) -> dict:
     res = {}
     for arm, c in (("spatial", cfg), ("control", dataclasses.replace(cfg, alpha=0.0, beta=0.0))):
         info = train_spatial(c, out / arm, progress, data)
-        rec = record(out / arm)
-        _, model, _ = load_run(out / arm)
-        split(out / arm, cfg.split_method)
-        sc = score(out / arm)
-        plot_run(out / arm)
-        res[arm] = {**sc, "task_separation": task_separation(model, rec), "steps": info["steps"]}
+        loaded = load_run(out / arm)  # the saved model, read back once for the whole workflow
+        rec = record(out / arm, loaded)
+        split(out / arm, cfg.split_method, loaded=loaded)
+        sc = score(out / arm, loaded)
+        plot_run(out / arm, loaded)
+        res[arm] = {**sc, "task_separation": task_separation(loaded[1], rec), "steps": info["steps"]}
     metrics = {
         "recipe": cfg.recipe, "seed": cfg.seed, "steps": res["spatial"]["steps"],
         "seconds": round(time.time() - t0, 2), "tasks": cfg.tasks, "combine": cfg.combine,

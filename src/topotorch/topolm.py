@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from . import layout as L
 from . import metrics as M
-from .checkpoint import Checkpointer, CheckpointError, save_model
+from .checkpoint import Checkpointer, CheckpointError, check_same_config, save_model
 from .costs.correlation import SpatialCorrelationLoss, correlation_matrix
 from .gpt import GPT, GPTConfig
 from .layout import atomic_write_text
@@ -391,12 +391,8 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
     t0 = time.time()
     tokens = load_tokens(cfg)
     conf = dataclasses.asdict(cfg)
-    if resume and (out / "config.json").is_file():
-        old = json.loads((out / "config.json").read_text()).get("config", {})
-        diff = sorted(k for k in set(old) | set(conf) if old.get(k) != conf.get(k))
-        if diff:
-            raise CheckpointError(f"{out} holds a run with a different config ({diff}); use another --out "
-                                  "or the same settings")
+    if resume:
+        check_same_config(out, conf)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps({"config": conf}, indent=1))

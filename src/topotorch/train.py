@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import data as D
 from . import metrics as M
-from .checkpoint import Checkpointer, CheckpointError, save_model
+from .checkpoint import Checkpointer, CheckpointError, check_same_config, save_model
 from .costs import WiringCost
 from .graph import embed
 from .layout import atomic_write_text
@@ -238,13 +238,7 @@ def train_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True
     conf = dataclasses.asdict(cfg)
     ckpt = Checkpointer(out)
     if resume:
-        prev = out / "config.json"
-        if prev.exists():
-            old = json.loads(prev.read_text()).get("config", {})
-            diff = {k for k in set(old) | set(conf) if old.get(k) != conf.get(k)}
-            if diff:
-                raise CheckpointError(f"{out} holds a run with a different config ({sorted(diff)}); "
-                                      "use another --out or the same settings")
+        check_same_config(out, conf)
     elif ckpt.latest() is not None:
         raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run "
                               "or choose another --out")

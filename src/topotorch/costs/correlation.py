@@ -237,21 +237,12 @@ class SpatialCorrelationLoss:
         loss = _relative(r, Dc, sdd) if self.kind == "relative" else _absolute(r, D)
         return loss if self.mode == "exact" else loss.mean(-1)
 
-    def sheet_loss(self, sheet: _Sheet, X: torch.Tensor) -> torch.Tensor:
-        """Loss of one sheet for activations ``X (N, n)``."""
-        with torch.autocast(device_type=X.device.type, enabled=False):
-            X = X.float()
-            if self.mode == "exact":
-                r = correlation_matrix(X)
-                return (_relative(r, sheet.Dc.to(X.device), sheet.sdd.to(X.device)) if self.kind == "relative"
-                        else _absolute(r, sheet.D.to(X.device)))
-            win = sheet.sample(self.k, self.generator)
-            if isinstance(win, torch.Tensor):
-                r = correlation_matrix(X[:, win.to(X.device)].permute(1, 0, 2))
-                return pair_loss(r, sheet.Dw.to(X.device), self.kind).mean()
-            losses = [pair_loss(correlation_matrix(X[:, w.to(X.device)]), sheet.D[w][:, w].to(X.device), self.kind)
-                      for w in win if len(w) > 1]
-            return torch.stack(losses).mean()
+    def _irregular_loss(self, sheet: _Sheet) -> torch.Tensor:
+        """Sampled loss of a sheet whose windows differ in size (not a grid): one window at a time."""
+        X = sheet.acts.float()
+        losses = [pair_loss(correlation_matrix(X[:, w.to(X.device)]), sheet.D[w][:, w].to(X.device), self.kind)
+                  for w in sheet.sample(self.k, self.generator) if len(w) > 1]
+        return torch.stack(losses).mean()
 
     def __call__(self) -> torch.Tensor:
         """Σ α·loss over sheets from the last captured forward pass; clears the captured activations.
@@ -272,7 +263,7 @@ class SpatialCorrelationLoss:
         with torch.autocast(device_type=self.sheets[0].acts.device.type, enabled=False):
             for key, group in groups.items():
                 if key[0] == "single":
-                    loss = self.sheet_loss(group[0], group[0].acts).reshape(1)
+                    loss = self._irregular_loss(group[0]).reshape(1)
                 else:
                     loss = self._group_loss(group)
                 w = torch.tensor([s.alpha for s in group], device=loss.device, dtype=loss.dtype)
