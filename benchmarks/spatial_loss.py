@@ -1,8 +1,8 @@
 """Training-step time of a tiny GPT with the spatial correlation loss ÷ without it, and swap
 pre-optimisation speed (incremental O(n) vs naive O(n²) per candidate), measured side by side.
 
-    python benchmarks/spatial_loss.py                      # the topolm recipe's GPT (2L d100 B32 T32)
-    python benchmarks/spatial_loss.py --layers 4 --embd 256 --block 256 --batch 16 --radius 4   # 4L d256 GPT
+    python benchmarks/spatial_loss.py          # the tiny GPT of the issue / research baseline: 4L 4H d256 T256 B16
+    python benchmarks/spatial_loss.py --layers 2 --embd 100 --block 32 --batch 32 --radius 2   # the topolm recipe's GPT
     python benchmarks/spatial_loss.py --device cuda --layers 12 --embd 784 --heads 16 --block 1024 --batch 8
 """
 from __future__ import annotations
@@ -85,13 +85,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--embd", type=int, default=100)
-    ap.add_argument("--block", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--radius", type=float, default=2.0)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--embd", type=int, default=256)
+    ap.add_argument("--block", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--radius", type=float, default=4.0, help="sup-norm radius: 4 gives TopoLM's 9×9 windows")
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-swaps", action="store_true")
     ap.add_argument("--where", choices=["outputs", "mlp"], default="outputs",
                     help="outputs: attention and MLP output of every block (TopoLM); mlp: MLP outputs only")

@@ -106,3 +106,56 @@ def test_covariance_backward_matches_autograd():
     assert torch.allclose(Xb.grad.double(), Xa.grad, atol=1e-4)
     from topotorch.costs.correlation import _Covariance
     assert torch.autograd.gradcheck(_Covariance.apply, (X[:, :8, :3].clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("mean", [0.0, 3.0, 1e4])
+def test_cpu_covariance_without_a_centred_copy_is_accurate_even_for_large_means(mean):
+    """The CPU path computes XᵀX/N − μμᵀ; a unit whose mean dwarfs its spread must fall back to centring."""
+    from topotorch.costs.correlation import covariance
+    g = torch.Generator().manual_seed(0)
+    X64 = torch.randn(500, 12, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2, 12, dtype=torch.float64) + mean
+    X64[:, 5] = mean + 1.0  # constant unit: exactly zero variance, correlation 0
+    X64 = X64.float().double()  # compare on the float32 inputs: their rounding is not the method's error
+    want = np.cov(X64.numpy().T, bias=True)
+    got = covariance(X64.float()).double().numpy()
+    scale = np.sqrt(np.outer(np.diag(want), np.diag(want))).max()
+    assert np.abs(got - want).max() <= 1e-5 * scale
+    r = correlation_matrix(X64.float())
+    assert r[5].abs().max() == 0 and torch.isfinite(r).all()
+    X = X64.float().requires_grad_(True)
+    G = torch.randn(12, 12, generator=g)
+    (covariance(X) * G).sum().backward()
+    Xr = X64.clone().requires_grad_(True)
+    Xc = Xr - Xr.mean(0)
+    (Xc.T @ Xc / 500 * G.double()).sum().backward()
+    # Float32 centring itself rounds the mean to the inputs' ulp (1e-3 at 1e4): tolerance scales with it.
+    assert torch.allclose(X.grad.double(), Xr.grad, atol=1e-5 * max(1.0, mean / 10))
+
+
+def test_window_covariance_matches_autograd_and_survives_two_forwards_before_backward():
+    """Gathered windows reuse CPU buffers; a second forward before the first backward must not corrupt it."""
+    from topotorch.costs.correlation import _BufferPool, _WindowCovariance
+    g = torch.Generator().manual_seed(1)
+    idx = torch.stack([torch.stack([torch.randperm(30, generator=g)[:6] for _ in range(4)]) for _ in range(3)])
+    Xs = [torch.randn(40, 30, generator=g, dtype=torch.float64).requires_grad_(True) for _ in range(3)]
+    G = torch.randn(12, 6, 6, generator=g, dtype=torch.float64)
+
+    def reference(Xs):
+        out = []
+        for s, X in enumerate(Xs):
+            for j in range(4):
+                A = X[:, idx[s, j]] - X[:, idx[s, j]].mean(0)
+                out.append(A.T @ A / 40)
+        return torch.stack(out)
+
+    want = torch.autograd.grad((reference(Xs) * G).sum(), Xs)
+    pool = _BufferPool()
+    first = _WindowCovariance.apply(pool, idx, *Xs)
+    second = _WindowCovariance.apply(pool, idx, *[X * 2 for X in Xs])  # would reuse a lent buffer if unsafe
+    assert torch.allclose(first, reference(Xs)) and torch.allclose(second, 4 * reference(Xs))
+    got = torch.autograd.grad((first * G).sum(), Xs)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))
+    del first, second
+    _WindowCovariance.apply(pool, idx, *Xs)
+    assert len(pool.items) <= 3  # freed buffers are reused, not accumulated
+    assert torch.autograd.gradcheck(lambda *xs: _WindowCovariance.apply(_BufferPool(), idx, *xs), tuple(Xs))

@@ -14,6 +14,7 @@ computed in float32 with autocast off.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Mapping
 
 import torch
@@ -44,19 +45,107 @@ class _Covariance(torch.autograd.Function):
     """``C = XcᵀXc / N`` with ``Xc = X − mean``, and a one-product backward.
 
     ``dX = Xc (G + Gᵀ) / N``: the centring's Jacobian drops out because the columns of ``Xc`` sum to zero.
-    Autograd would run two products and a centring backward over the (tokens × units) tensor.
+    On CPU, where passes over the (tokens × units) activations cost as much as the product, no centred
+    copy is made: ``C = XᵀX/N − μμᵀ`` and ``dX = X·Sym − 1(μᵀSym)``, each one ``addmm``. That form loses
+    precision when a unit's mean dwarfs its spread, so such inputs (|μ| > 8σ for some unit, which includes
+    constant non-zero units) are recomputed centred.
     """
 
     @staticmethod
     def forward(ctx, X):
-        Xc = X - X.mean(-2, keepdim=True)
-        ctx.save_for_backward(Xc)
-        return Xc.transpose(-1, -2) @ Xc / X.shape[-2]
+        N = X.shape[-2]
+        mu = X.mean(-2)
+        if X.dim() == 2 and X.device.type == "cpu":
+            C = torch.addmm(torch.outer(mu, mu), X.t(), X, beta=-1, alpha=1.0 / N)
+            if not bool((mu * mu > 64 * C.diagonal()).any()):
+                ctx.save_for_backward(X, mu)
+                return C
+        Xc = X - mu.unsqueeze(-2)
+        ctx.save_for_backward(Xc, None)
+        return Xc.transpose(-1, -2) @ Xc / N
 
     @staticmethod
     def backward(ctx, G):
-        (Xc,) = ctx.saved_tensors
-        return Xc @ ((G + G.transpose(-1, -2)) / Xc.shape[-2])
+        X, mu = ctx.saved_tensors
+        Sym = (G + G.transpose(-1, -2)) / X.shape[-2]
+        if mu is None:  # X is centred
+            return X @ Sym
+        return torch.addmm((mu @ Sym).neg_().unsqueeze(0), X, Sym)
+
+
+class _BufferPool:
+    """Reusable CPU buffers for tensors kept from a forward to its backward.
+
+    Fresh multi-megabyte CPU tensors are page-faulted in on every step (their cost rivals the products
+    they feed), so buffers are reused. A buffer is lent to one autograd node and returns to the pool only
+    when that node is freed, so reuse can never overwrite data that a pending backward still needs.
+    """
+
+    def __init__(self):
+        self.items: list = []  # [tensor, weak reference to its owner or None]
+
+    def take(self, owner, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        for item in self.items:
+            t, ref = item
+            if (ref is None or ref() is None) and t.shape == shape and t.dtype == dtype:
+                item[1] = weakref.ref(owner) if owner is not None else None
+                return t
+        # Free buffers of other shapes (the last, smaller batch of an epoch) are dropped, not hoarded.
+        self.items = [it for it in self.items if it[1] is not None and it[1]() is not None]
+        t = torch.empty(shape, dtype=dtype)
+        self.items.append([t, weakref.ref(owner) if owner is not None else None])
+        return t
+
+
+class _WindowCovariance(torch.autograd.Function):
+    """Covariances within windows of several sheets of one shape: ``idx (S, k, m)``, ``Xs`` S × ``(N, n)``
+    → ``(S·k, m, m)``.
+
+    The windows' columns are gathered into an ``(N, ·k·m)`` buffer (one row-wise pass over the activations),
+    centred in place and multiplied in one batch (the windows are strided views of the buffer); the
+    backward is one batched product and an ``index_add`` per window. No autograd graph over the gathered
+    copy, which would add a centring pass, a scatter and their allocations. Small sheets are concatenated
+    and gathered together (fewer ops); large ones one at a time (no concatenated copy).
+    """
+
+    @staticmethod
+    def forward(ctx, pool, idx, *Xs):
+        S, k, m = idx.shape
+        N, n = Xs[0].shape
+        cpu = Xs[0].device.type == "cpu"
+        chunks = [[s] for s in range(S)] if S * N * n > 2 ** 20 else [list(range(S))]
+        As, Cs = [], []
+        for ch in chunks:
+            src = Xs[ch[0]] if len(ch) == 1 else torch.cat([Xs[s] for s in ch], 1)
+            cols = (idx[ch] + n * torch.arange(len(ch), device=idx.device)[:, None, None]).flatten()
+            shape = (N, len(cols))
+            A = torch.index_select(src, 1, cols, out=pool.take(ctx, shape, src.dtype)) if cpu else src.index_select(1, cols)
+            A.sub_(A.mean(0, keepdim=True))
+            A = A.view(N, len(ch) * k, m).transpose(0, 1)            # (c·k, N, m)
+            As.append(A)
+            Cs.append(torch.bmm(A.transpose(1, 2), A).div_(N))
+        ctx.save_for_backward(idx, *As)
+        ctx.n, ctx.pool, ctx.chunks = n, pool, chunks
+        return torch.cat(Cs) if len(Cs) > 1 else Cs[0]
+
+    @staticmethod
+    def backward(ctx, G):
+        idx, *As = ctx.saved_tensors
+        k = idx.shape[1]
+        N = As[0].shape[1]
+        Sym = (G + G.transpose(1, 2)).div_(N)
+        grads, row = [], 0
+        for ch, A in zip(ctx.chunks, As):
+            rows = Sym[row:row + A.shape[0]]
+            row += A.shape[0]
+            out = ctx.pool.take(None, tuple(A.shape), A.dtype) if A.device.type == "cpu" else None
+            dA = torch.bmm(A, rows, out=out)
+            for i, s in enumerate(ch):
+                dX = torch.zeros(N, ctx.n, dtype=A.dtype, device=A.device)
+                for j in range(k):
+                    dX.index_add_(1, idx[s, j], dA[i * k + j])
+                grads.append(dX)
+        return (None, None, *grads)
 
 
 def covariance(X: torch.Tensor) -> torch.Tensor:
@@ -129,7 +218,7 @@ class _Sheet:
         full = sizes == sizes.max()
         # Windows of the maximal size all have the same shape on a grid: stack them (units sorted by
         # their offset from the centre) so that all sampled neighbourhoods are computed in one batch.
-        self.windows = None
+        self.windows, self.window_key = None, None
         if full.any():
             centres = torch.nonzero(full).flatten()
             rows = []
@@ -143,14 +232,39 @@ class _Sheet:
             if torch.allclose(Dw, Dw[:1].expand_as(Dw), atol=1e-6):  # translation-invariant (a grid)
                 self.windows, self.Dw = W, Dw[0]
                 self.Dcw, self.sddw = centred_distance(self.Dw)
+                # Sheets with equal window geometry share Dw and are sampled in one batch.
+                self.window_key = (self.layout.n, *W.shape, tuple(torch.round(self.Dw * 1e5).flatten().tolist()))
         self.inside = inside
 
     def sample(self, k: int, generator: torch.Generator | None) -> list[torch.Tensor] | torch.Tensor:
+        """``k`` windows around random centres: ``(k, m)`` on a grid, else a list of index tensors."""
         if self.windows is not None:
-            pick = torch.randint(len(self.windows), (k,), generator=generator)
-            return self.windows[pick]
+            return self.windows[torch.randint(len(self.windows), (k,), generator=generator)]
         centres = torch.randint(self.inside.shape[0], (k,), generator=generator)
         return [torch.nonzero(self.inside[c]).flatten() for c in centres.tolist()]
+
+
+class _Group:
+    """Sheets computed in one batch: equal unit counts (exact) or equal window geometry (sampled).
+
+    Holds the stacked constants on the activations' device: distances, per-sheet weights, and for sampled
+    mode the window table ``(S, windows, m)`` of unit indices.
+    """
+
+    def __init__(self, sheets: list[_Sheet], mode: str, device: torch.device):
+        self.sheets, self.mode = sheets, mode
+        self.n = sheets[0].layout.n
+        self.names = [s.name for s in sheets]
+        self.alpha = torch.tensor([s.alpha for s in sheets], dtype=torch.float32, device=device)
+        if mode == "exact":
+            self.D = torch.stack([s.D for s in sheets]).to(device)
+            self.Dc = torch.stack([s.Dc for s in sheets]).to(device)
+            self.sdd = torch.stack([s.sdd for s in sheets]).to(device)
+        else:
+            s0 = sheets[0]
+            self.D, self.Dc, self.sdd = s0.Dw.to(device), s0.Dcw.to(device), s0.sddw.to(device)
+            self.table = torch.stack([s.windows for s in sheets])  # (S, windows, m), CPU
+            self.pool = _BufferPool()
 
 
 class SpatialCorrelationLoss:
@@ -208,33 +322,22 @@ class SpatialCorrelationLoss:
                 sheet.acts = X
         return hook
 
-    def _sheet_r(self, s: _Sheet) -> torch.Tensor:
-        """Correlations of one sheet: ``(n, n)`` (exact) or ``(k, m, m)`` for its sampled windows."""
-        X = s.acts.float()
+    def _group_loss(self, g: _Group) -> torch.Tensor:
+        """Losses ``(S,)`` of one group: all its correlations in one batched product, the loss in one batch."""
+        acts = [s.acts.float() for s in g.sheets]
+        S, n = len(acts), g.n
         if self.mode == "exact":
-            return correlation_matrix(X)
-        idx = s.sample(self.k, self.generator).to(X.device)            # (k, m)
-        k, m = idx.shape
-        n = X.shape[-1]
-        if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
-            r = correlation_matrix(X)
-            return r[idx[:, :, None], idx[:, None, :]]
-        Xw = X.index_select(1, idx.flatten()).view(X.shape[0], k, m).transpose(0, 1)  # (k, N, m)
-        return correlation_matrix(Xw)
-
-    def _group_loss(self, group: list[_Sheet]) -> torch.Tensor:
-        """Losses ``(S,)`` of sheets of one size: correlations per sheet, the loss for all in one batch."""
-        r = torch.stack([self._sheet_r(s) for s in group])              # (S, n, n) or (S, k, m, m)
-        dev = r.device
-        key = (tuple(id(s) for s in group), dev, self.mode)
-        if key not in self._cache:
-            if self.mode == "exact":
-                self._cache[key] = (torch.stack([s.D for s in group]).to(dev), torch.stack([s.Dc for s in group]).to(dev),
-                                    torch.stack([s.sdd for s in group]).to(dev))
+            r = torch.stack([correlation_matrix(X) for X in acts])      # (S, n, n)
+        else:
+            pick = torch.randint(g.table.shape[1], (S, self.k), generator=self.generator)
+            idx = g.table[torch.arange(S)[:, None], pick].to(acts[0].device)  # (S, k, m) unit indices
+            k, m = idx.shape[1:]
+            if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
+                r = torch.stack([correlation_matrix(X) for X in acts])
+                r = r[torch.arange(S, device=r.device)[:, None, None, None], idx[..., :, None], idx[..., None, :]]
             else:
-                self._cache[key] = (group[0].Dw.to(dev), group[0].Dcw.to(dev), group[0].sddw.to(dev))
-        D, Dc, sdd = self._cache[key]
-        loss = _relative(r, Dc, sdd) if self.kind == "relative" else _absolute(r, D)
+                r = _corr_from_cov(_WindowCovariance.apply(g.pool, idx, *acts)).view(S, k, m, m)
+        loss = _relative(r, g.Dc, g.sdd) if self.kind == "relative" else _absolute(r, g.D)
         return loss if self.mode == "exact" else loss.mean(-1)
 
     def _irregular_loss(self, sheet: _Sheet) -> torch.Tensor:
@@ -243,6 +346,20 @@ class SpatialCorrelationLoss:
         losses = [pair_loss(correlation_matrix(X[:, w.to(X.device)]), sheet.D[w][:, w].to(X.device), self.kind)
                   for w in sheet.sample(self.k, self.generator) if len(w) > 1]
         return torch.stack(losses).mean()
+
+    def _groups(self, device: torch.device) -> list:
+        """Sheets batched together (cached per device): a :class:`_Group` or a lone irregular sheet."""
+        if device not in self._cache:
+            keys: dict = {}
+            for s in self.sheets:
+                if self.mode == "exact":
+                    key = ("exact", s.layout.n)
+                else:
+                    key = ("windows", s.window_key) if s.windows is not None else ("single", id(s))
+                keys.setdefault(key, []).append(s)
+            self._cache[device] = [_Group(g, self.mode, device) if k[0] != "single" else g[0]
+                                   for k, g in keys.items()]
+        return self._cache[device]
 
     def __call__(self) -> torch.Tensor:
         """Σ α·loss over sheets from the last captured forward pass; clears the captured activations.
@@ -254,22 +371,20 @@ class SpatialCorrelationLoss:
         if missing:
             raise RuntimeError(f"sheet(s) {missing} have no activations: run a forward pass with grad enabled "
                                "(or capture='always') before computing the loss")
-        groups: dict = {}
-        for s in self.sheets:
-            batched = self.mode == "exact" or s.windows is not None
-            key = (s.acts.shape[-1], s.acts.device) if batched else ("single", id(s))
-            groups.setdefault(key, []).append(s)
+        device = self.sheets[0].acts.device
+        if any(s.acts.device != device for s in self.sheets):
+            raise ValueError("all sheets' activations must be on one device")
         values, total = [], None
-        with torch.autocast(device_type=self.sheets[0].acts.device.type, enabled=False):
-            for key, group in groups.items():
-                if key[0] == "single":
-                    loss = self._irregular_loss(group[0]).reshape(1)
+        with torch.autocast(device_type=device.type, enabled=False):
+            for g in self._groups(device):
+                if isinstance(g, _Group):
+                    loss = self._group_loss(g)
+                    part, names = (g.alpha * loss).sum(), g.names
                 else:
-                    loss = self._group_loss(group)
-                w = torch.tensor([s.alpha for s in group], device=loss.device, dtype=loss.dtype)
-                part = (w * loss).sum()
+                    loss = self._irregular_loss(g).reshape(1)
+                    part, names = g.alpha * loss[0], [g.name]
                 total = part if total is None else total + part
-                values += list(zip([s.name for s in group], loss.detach()))
+                values.append((names, loss.detach()))
         for s in self.sheets:
             s.acts = None
         self.last_values = values
@@ -278,7 +393,8 @@ class SpatialCorrelationLoss:
     @property
     def last(self) -> dict[str, float]:
         """Per-sheet loss values of the last call (converted lazily: no device sync during training)."""
-        return {name: float(v) for name, v in getattr(self, "last_values", [])}
+        return {name: float(v) for names, vals in getattr(self, "last_values", [])
+                for name, v in zip(names, vals.tolist())}
 
     def refresh(self) -> None:
         for s in self.sheets:
