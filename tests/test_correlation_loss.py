@@ -132,20 +132,26 @@ def test_cpu_covariance_without_a_centred_copy_is_accurate_even_for_large_means(
     assert torch.allclose(X.grad.double(), Xr.grad, atol=1e-5 * max(1.0, mean / 10))
 
 
-def test_window_covariance_matches_autograd_and_survives_two_forwards_before_backward():
-    """Gathered windows reuse CPU buffers; a second forward before the first backward must not corrupt it."""
+@pytest.mark.parametrize("N, n", [(40, 30), (700, 800)])
+def test_window_covariance_matches_autograd_and_survives_two_forwards_before_backward(N, n):
+    """Gathered windows reuse CPU buffers; a second forward before the first backward must not corrupt it.
+
+    (40, 30): small sheets gathered together; (700, 800): one sheet at a time, sheet 0's windows overlapping
+    (computed from the covariance of their union), sheet 1's spread out (one batched product over windows).
+    """
     from topotorch.costs.correlation import _BufferPool, _WindowCovariance
     g = torch.Generator().manual_seed(1)
-    idx = torch.stack([torch.stack([torch.randperm(30, generator=g)[:6] for _ in range(4)]) for _ in range(3)])
-    Xs = [torch.randn(40, 30, generator=g, dtype=torch.float64).requires_grad_(True) for _ in range(3)]
-    G = torch.randn(12, 6, 6, generator=g, dtype=torch.float64)
+    idx = torch.stack([torch.stack([torch.randperm(8 if s == 0 else n, generator=g)[:6] for _ in range(4)])
+                       for s in range(2)])
+    Xs = [torch.randn(N, n, generator=g, dtype=torch.float64).requires_grad_(True) for _ in range(2)]
+    G = torch.randn(8, 6, 6, generator=g, dtype=torch.float64)
 
     def reference(Xs):
         out = []
         for s, X in enumerate(Xs):
             for j in range(4):
                 A = X[:, idx[s, j]] - X[:, idx[s, j]].mean(0)
-                out.append(A.T @ A / 40)
+                out.append(A.T @ A / N)
         return torch.stack(out)
 
     want = torch.autograd.grad((reference(Xs) * G).sum(), Xs)
@@ -156,6 +162,8 @@ def test_window_covariance_matches_autograd_and_survives_two_forwards_before_bac
     got = torch.autograd.grad((first * G).sum(), Xs)
     assert all(torch.allclose(a, b) for a, b in zip(got, want))
     del first, second
+    n_items = len(pool.items)
     _WindowCovariance.apply(pool, idx, *Xs)
-    assert len(pool.items) <= 3  # freed buffers are reused, not accumulated
-    assert torch.autograd.gradcheck(lambda *xs: _WindowCovariance.apply(_BufferPool(), idx, *xs), tuple(Xs))
+    assert len(pool.items) <= n_items  # freed buffers are reused, not accumulated
+    if N * n < 10_000:
+        assert torch.autograd.gradcheck(lambda *xs: _WindowCovariance.apply(_BufferPool(), idx, *xs), tuple(Xs))

@@ -14,6 +14,7 @@ computed in float32 with autocast off.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Mapping
 
@@ -82,30 +83,34 @@ class _BufferPool:
     """
 
     def __init__(self):
-        self.items: list = []  # [tensor, weak reference to its owner or None]
+        self.items: list = []  # [flat tensor, weak reference to its owner or None]
 
-    def take(self, owner, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    def take(self, owner, shape: tuple, dtype: torch.dtype, capacity: int = 0) -> torch.Tensor:
+        """A ``shape`` tensor lent to ``owner`` (``None``: scratch, free again at once); new buffers hold at
+        least ``capacity`` elements so that varying shapes can share them."""
+        numel = math.prod(shape)
         for item in self.items:
             t, ref = item
-            if (ref is None or ref() is None) and t.shape == shape and t.dtype == dtype:
+            if (ref is None or ref() is None) and t.dtype == dtype and numel <= t.numel():
                 item[1] = weakref.ref(owner) if owner is not None else None
-                return t
-        # Free buffers of other shapes (the last, smaller batch of an epoch) are dropped, not hoarded.
+                return t[:numel].view(shape)
+        # Free buffers too small or of another type are dropped, not hoarded.
         self.items = [it for it in self.items if it[1] is not None and it[1]() is not None]
-        t = torch.empty(shape, dtype=dtype)
+        t = torch.empty(max(numel, capacity), dtype=dtype)
         self.items.append([t, weakref.ref(owner) if owner is not None else None])
-        return t
+        return t[:numel].view(shape)
 
 
 class _WindowCovariance(torch.autograd.Function):
     """Covariances within windows of several sheets of one shape: ``idx (S, k, m)``, ``Xs`` S × ``(N, n)``
     → ``(S·k, m, m)``.
 
-    The windows' columns are gathered into an ``(N, ·k·m)`` buffer (one row-wise pass over the activations),
-    centred in place and multiplied in one batch (the windows are strided views of the buffer); the
-    backward is one batched product and an ``index_add`` per window. No autograd graph over the gathered
-    copy, which would add a centring pass, a scatter and their allocations. Small sheets are concatenated
-    and gathered together (fewer ops); large ones one at a time (no concatenated copy).
+    The needed columns are gathered into one buffer (a row-wise pass over the activations) and centred in
+    place; no autograd graph over that copy, which would add a centring pass, a scatter and their
+    allocations. Then, per sheet, whichever costs less: the covariance of the union of its windows' units,
+    one product from which the windows are indexed (windows overlap heavily on small sheets), or one
+    batched product over the windows (the windows are strided views of the buffer). Small sheets are
+    concatenated and done together (fewer ops).
     """
 
     @staticmethod
@@ -113,37 +118,60 @@ class _WindowCovariance(torch.autograd.Function):
         S, k, m = idx.shape
         N, n = Xs[0].shape
         cpu = Xs[0].device.type == "cpu"
-        chunks = [[s] for s in range(S)] if S * N * n > 2 ** 20 else [list(range(S))]
+        plans = []  # (sheets, gathered columns, window positions within them or None)
+        if S * N * n <= 2 ** 20:
+            offsets = n * torch.arange(S, device=idx.device)[:, None, None]
+            plans.append((list(range(S)), (idx + offsets).flatten(), None))
+        else:
+            for s in range(S):
+                cols, pos = torch.unique(idx[s], return_inverse=True)
+                if len(cols) ** 2 <= 1.3 * k * m * m:  # a single wider product runs faster than k narrow ones
+                    plans.append(([s], cols, pos))
+                else:
+                    plans.append(([s], idx[s].flatten(), None))
         As, Cs = [], []
-        for ch in chunks:
-            src = Xs[ch[0]] if len(ch) == 1 else torch.cat([Xs[s] for s in ch], 1)
-            cols = (idx[ch] + n * torch.arange(len(ch), device=idx.device)[:, None, None]).flatten()
-            shape = (N, len(cols))
-            A = torch.index_select(src, 1, cols, out=pool.take(ctx, shape, src.dtype)) if cpu else src.index_select(1, cols)
+        for sheets, cols, pos in plans:
+            src = Xs[sheets[0]] if len(sheets) == 1 else torch.cat([Xs[s] for s in sheets], 1)
+            if cpu:
+                A = torch.index_select(src, 1, cols, out=pool.take(ctx, (N, len(cols)), src.dtype, N * n))
+            else:
+                A = src.index_select(1, cols)
             A.sub_(A.mean(0, keepdim=True))
-            A = A.view(N, len(ch) * k, m).transpose(0, 1)            # (c·k, N, m)
             As.append(A)
-            Cs.append(torch.bmm(A.transpose(1, 2), A).div_(N))
-        ctx.save_for_backward(idx, *As)
-        ctx.n, ctx.pool, ctx.chunks = n, pool, chunks
+            if pos is None:
+                W = A.view(N, len(sheets) * k, m).transpose(0, 1)       # (c·k, N, m)
+                Cs.append(torch.bmm(W.transpose(1, 2), W).div_(N))
+            else:
+                CU = (A.t() @ A).div_(N)
+                Cs.append(CU[pos[:, :, None], pos[:, None, :]])
+        ctx.save_for_backward(*As)
+        ctx.n, ctx.k, ctx.pool, ctx.plans = n, k, pool, plans
         return torch.cat(Cs) if len(Cs) > 1 else Cs[0]
 
     @staticmethod
     def backward(ctx, G):
-        idx, *As = ctx.saved_tensors
-        k = idx.shape[1]
-        N = As[0].shape[1]
-        Sym = (G + G.transpose(1, 2)).div_(N)
+        As = ctx.saved_tensors
+        k, n = ctx.k, ctx.n
+        N = As[0].shape[0]
         grads, row = [], 0
-        for ch, A in zip(ctx.chunks, As):
-            rows = Sym[row:row + A.shape[0]]
-            row += A.shape[0]
-            out = ctx.pool.take(None, tuple(A.shape), A.dtype) if A.device.type == "cpu" else None
-            dA = torch.bmm(A, rows, out=out)
-            for i, s in enumerate(ch):
-                dX = torch.zeros(N, ctx.n, dtype=A.dtype, device=A.device)
+        for (sheets, cols, pos), A in zip(ctx.plans, As):
+            Gc = G[row:row + len(sheets) * k]
+            row += len(sheets) * k
+            out = ctx.pool.take(None, tuple(A.shape), A.dtype, N * n) if A.device.type == "cpu" else None
+            if pos is not None:
+                u = A.shape[1]
+                GU = torch.zeros(u, u, dtype=G.dtype, device=G.device)
+                GU.index_put_((pos[:, :, None].expand_as(Gc), pos[:, None, :].expand_as(Gc)), Gc, accumulate=True)
+                dA = torch.mm(A, (GU + GU.t()).div_(N), out=out)
+                dX = torch.zeros(N, n, dtype=A.dtype, device=A.device)
+                grads.append(dX.index_copy_(1, cols, dA))
+                continue
+            W = A.view(N, -1, A.shape[1] // (len(sheets) * k)).transpose(0, 1)
+            dW = torch.bmm(W, (Gc + Gc.transpose(1, 2)).div_(N), out=None if out is None else out.view(W.shape))
+            for i in range(len(sheets)):
+                dX = torch.zeros(N, n, dtype=A.dtype, device=A.device)
                 for j in range(k):
-                    dX.index_add_(1, idx[s, j], dA[i * k + j])
+                    dX.index_add_(1, cols[(i * k + j) * W.shape[2]:(i * k + j + 1) * W.shape[2]] - i * n, dW[i * k + j])
                 grads.append(dX)
         return (None, None, *grads)
 
