@@ -404,6 +404,8 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         if rank == 0 and tokens.word_class is not None:
             results[arm] = analyse_lm(s["model"], s["sheets"], tokens, cfg, s["device"])
             layouts[arm] = {n: lay for n, _, lay in s["sheets"]}
+    if dist.is_initialized():  # every rank, before any exits: a rank leaving with gloo threads alive aborts
+        dist.destroy_process_group()
     if rank != 0:
         return {}
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "seconds": round(time.time() - t0, 2),
@@ -425,8 +427,6 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         atomic_write_text(out / "analysis.json", json.dumps(results))
     _plot_curves({arm: out / arm / "log.csv" for arm in cfg.arms}, out / "curves.png")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-    if dist.is_initialized():
-        dist.destroy_process_group()
     return metrics
 
 

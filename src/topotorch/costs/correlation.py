@@ -118,6 +118,7 @@ class _WindowCovariance(torch.autograd.Function):
         S, k, m = idx.shape
         N, n = Xs[0].shape
         cpu = Xs[0].device.type == "cpu"
+        idx = idx.cpu()  # plans are made on the host: no device synchronisation
         plans = []  # (sheets, gathered columns, window positions within them or None)
         if S * N * n <= 2 ** 20:
             offsets = n * torch.arange(S, device=idx.device)[:, None, None]
@@ -129,6 +130,8 @@ class _WindowCovariance(torch.autograd.Function):
                     plans.append(([s], cols, pos))
                 else:
                     plans.append(([s], idx[s].flatten(), None))
+        dev = Xs[0].device
+        plans = [(sh, cols.to(dev), None if pos is None else pos.to(dev)) for sh, cols, pos in plans]
         As, Cs = [], []
         for sheets, cols, pos in plans:
             src = Xs[sheets[0]] if len(sheets) == 1 else torch.cat([Xs[s] for s in sheets], 1)
@@ -358,10 +361,11 @@ class SpatialCorrelationLoss:
             r = torch.stack([correlation_matrix(X) for X in acts])      # (S, n, n)
         else:
             pick = torch.randint(g.table.shape[1], (S, self.k), generator=self.generator)
-            idx = g.table[torch.arange(S)[:, None], pick].to(acts[0].device)  # (S, k, m) unit indices
+            idx = g.table[torch.arange(S)[:, None], pick]               # (S, k, m) unit indices, CPU
             k, m = idx.shape[1:]
             if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
                 r = torch.stack([correlation_matrix(X) for X in acts])
+                idx = idx.to(r.device)
                 r = r[torch.arange(S, device=r.device)[:, None, None, None], idx[..., :, None], idx[..., None, :]]
             else:
                 r = _corr_from_cov(_WindowCovariance.apply(g.pool, idx, *acts)).view(S, k, m, m)
