@@ -126,7 +126,7 @@ class _WindowCovariance(torch.autograd.Function):
         else:
             for s in range(S):
                 cols, pos = torch.unique(idx[s], return_inverse=True)
-                if len(cols) ** 2 <= 1.3 * k * m * m:  # a single wider product runs faster than k narrow ones
+                if len(cols) ** 2 <= 1.6 * k * m * m:  # a single wider product runs faster than k narrow ones
                     plans.append(([s], cols, pos))
                 else:
                     plans.append(([s], idx[s].flatten(), None))
