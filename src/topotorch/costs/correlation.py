@@ -110,7 +110,8 @@ class _WindowCovariance(torch.autograd.Function):
     allocations. Then, per sheet, whichever costs less: the covariance of the union of its windows' units,
     one product from which the windows are indexed (windows overlap heavily on small sheets), or one
     batched product over the windows (the windows are strided views of the buffer). Small sheets are
-    concatenated and done together (fewer ops).
+    concatenated and done together (fewer ops). The backward is one product and one ``index_copy`` or
+    ``index_add`` per plan.
     """
 
     @staticmethod
@@ -134,11 +135,12 @@ class _WindowCovariance(torch.autograd.Function):
         plans = [(sh, cols.to(dev), None if pos is None else pos.to(dev)) for sh, cols, pos in plans]
         As, Cs = [], []
         for sheets, cols, pos in plans:
-            src = Xs[sheets[0]] if len(sheets) == 1 else torch.cat([Xs[s] for s in sheets], 1)
-            if cpu:
-                A = torch.index_select(src, 1, cols, out=pool.take(ctx, (N, len(cols)), src.dtype, N * n))
-            else:
-                A = src.index_select(1, cols)
+            dtype = Xs[0].dtype
+            # The lent buffer is taken before the scratch one, so the two can never be the same memory.
+            A = pool.take(ctx, (N, len(cols)), dtype, N * n) if cpu else None
+            src = Xs[sheets[0]] if len(sheets) == 1 else torch.cat(
+                [Xs[s] for s in sheets], 1, out=pool.take(None, (N, len(sheets) * n), dtype) if cpu else None)
+            A = torch.index_select(src, 1, cols, out=A)
             A.sub_(A.mean(0, keepdim=True))
             As.append(A)
             if pos is None:
@@ -169,13 +171,13 @@ class _WindowCovariance(torch.autograd.Function):
                 dX = torch.zeros(N, n, dtype=A.dtype, device=A.device)
                 grads.append(dX.index_copy_(1, cols, dA))
                 continue
-            W = A.view(N, -1, A.shape[1] // (len(sheets) * k)).transpose(0, 1)
-            dW = torch.bmm(W, (Gc + Gc.transpose(1, 2)).div_(N), out=None if out is None else out.view(W.shape))
-            for i in range(len(sheets)):
-                dX = torch.zeros(N, n, dtype=A.dtype, device=A.device)
-                for j in range(k):
-                    dX.index_add_(1, cols[(i * k + j) * W.shape[2]:(i * k + j + 1) * W.shape[2]] - i * n, dW[i * k + j])
-                grads.append(dX)
+            # dW is written in the gathered layout (N, c·k·m) so that one index_add scatters every window.
+            c = len(sheets)
+            W = A.view(N, c * k, -1).transpose(0, 1)
+            dA = torch.empty_like(A) if out is None else out
+            torch.bmm(W, (Gc + Gc.transpose(1, 2)).div_(N), out=dA.view(N, c * k, -1).transpose(0, 1))
+            dX = torch.zeros(N, c * n, dtype=A.dtype, device=A.device).index_add_(1, cols, dA)
+            grads += [dX] if c == 1 else [dX[:, i * n:(i + 1) * n] for i in range(c)]
         return (None, None, *grads)
 
 
