@@ -189,7 +189,7 @@ def covariance(X: torch.Tensor) -> torch.Tensor:
 def correlation_matrix(X: torch.Tensor) -> torch.Tensor:
     """Pearson correlations between the columns of ``X (..., N, n)`` → ``(..., n, n)``; zero-variance → 0.
 
-    One centring pass over ``X`` and one matrix product; everything else is on ``n × n``.
+    One matrix product over ``X`` (plus a centring pass off CPU); everything else is on ``n × n``.
     """
     return _corr_from_cov(covariance(X))
 
