@@ -131,11 +131,10 @@ class _WindowCovariance(torch.autograd.Function):
                     plans.append(([s], cols, pos))
                 else:
                     plans.append(([s], idx[s].flatten(), None))
-        dev = Xs[0].device
+        dev, dtype = Xs[0].device, Xs[0].dtype
         plans = [(sh, cols.to(dev), None if pos is None else pos.to(dev)) for sh, cols, pos in plans]
         As, Cs = [], []
         for sheets, cols, pos in plans:
-            dtype = Xs[0].dtype
             # The lent buffer is taken before the scratch one, so the two can never be the same memory.
             A = pool.take(ctx, (N, len(cols)), dtype, N * n) if cpu else None
             src = Xs[sheets[0]] if len(sheets) == 1 else torch.cat(
@@ -285,7 +284,7 @@ class _Group:
     """
 
     def __init__(self, sheets: list[_Sheet], mode: str, device: torch.device):
-        self.sheets, self.mode = sheets, mode
+        self.sheets = sheets
         self.n = sheets[0].layout.n
         self.names = [s.name for s in sheets]
         self.alpha = torch.tensor([s.alpha for s in sheets], dtype=torch.float32, device=device)
