@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .checkpoint import CheckpointError
@@ -26,6 +27,8 @@ def _cmd_run(args) -> int:
         overrides["seed"] = args.seed
     out = args.out or f"runs/{args.recipe}"
     metrics = run_recipe(args.recipe, out, overrides, resume=args.resume, progress=not args.quiet)
+    if not metrics:  # a non-zero DDP rank: rank 0 reports
+        return 0
     short = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
     print(json.dumps(short, indent=1))
     print(f"wrote {out}/metrics.json")
@@ -86,13 +89,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         handler = {"run": _cmd_run, "reproduce": _cmd_reproduce}.get(args.cmd, _cmd_workflow)
-        return handler(args)
+        rc = handler(args)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"topotorch: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except RuntimeError as e:  # e.g. TrainingDiverged
         print(f"topotorch: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        rc = 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, skip interpreter teardown: DDP keeps the gloo process group alive past
+        # destroy_process_group (torch leaks it through the reducer), and a gloo worker thread that drops
+        # a finished collective's Python tensor during Py_Finalize aborts the rank ("terminate called
+        # without an active exception"). Every output is written atomically and closed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 if __name__ == "__main__":

@@ -266,6 +266,12 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     return {**summary, "model": model, "sheets": sheets, "tokens": tokens, "device": device}
 
 
+def _leave_process_group():
+    """Wait for every rank, then leave the process group (rank 0 may still be analysing when the others finish)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _save_ckpt(ckpt, step, model, opt, gen, rank, ddp):
     states = [None] * dist.get_world_size() if ddp else [gen.get_state()]
     if ddp:
@@ -404,8 +410,8 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         if rank == 0 and tokens.word_class is not None:
             results[arm] = analyse_lm(s["model"], s["sheets"], tokens, cfg, s["device"])
             layouts[arm] = {n: lay for n, _, lay in s["sheets"]}
-    if dist.is_initialized():  # every rank, before any exits: a rank leaving with gloo threads alive aborts
-        dist.destroy_process_group()
+    if dist.is_initialized():
+        _leave_process_group()
     if rank != 0:
         return {}
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "seconds": round(time.time() - t0, 2),
