@@ -141,6 +141,15 @@ class Checkpointer:
         found = self.all()
         return found[-1] if found else None
 
+    def resume_point(self, resume: bool) -> Path | None:
+        """The checkpoint to continue from (``None``: start afresh). Starting afresh over a run's checkpoints
+        is refused, so a forgotten ``--resume`` never overwrites a run."""
+        last = self.latest()
+        if last is not None and not resume:
+            raise CheckpointError(f"{self.dir.parent} already holds checkpoints; pass --resume to continue that run "
+                                  "or choose another --out")
+        return last if resume else None
+
     def load(self, path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
         """Restore a checkpoint in place; returns its JSON state (``step``, ``extra``)."""
         path = Path(path)

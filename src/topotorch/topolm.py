@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from . import layout as L
 from . import metrics as M
-from .checkpoint import Checkpointer, CheckpointError, check_same_config, save_model
+from .checkpoint import Checkpointer, check_same_config, save_model
 from .costs.correlation import SpatialCorrelationLoss, correlation_matrix
 from .gpt import GPT, GPTConfig
 from .layout import atomic_write_text
@@ -202,12 +202,10 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     start = 0
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    if resume and (last := ckpt.latest()) is not None:
+    if (last := ckpt.resume_point(resume)) is not None:
         st = ckpt.load(last, model, opt)
         start = st["step"]
         gen.set_state(st["tensors"][f"gen{rank}"] if f"gen{rank}" in st["tensors"] else st["tensors"]["gen0"])
-    elif not resume and ckpt.latest() is not None:
-        raise CheckpointError(f"{out} already holds checkpoints; pass --resume or choose another --out")
     log = CSVLog(out / "log.csv", ["step", "train_loss", "val_loss", "spatial_loss", "lr"],
                  resume_step=start if resume else None,
                  tensorboard=tensorboard_writer(out, cfg.tensorboard)) if rank == 0 else None
@@ -236,12 +234,11 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if step % cfg.eval_interval == 0 or step == cfg.steps - 1:
+            if rank == 0 and (step % cfg.eval_interval == 0 or step == cfg.steps - 1):  # ranks hold equal weights
                 val_loss = evaluate(model, tokens, cfg, device)
-                if log is not None:
-                    log.write({"step": step, "train_loss": loss.item(), "val_loss": val_loss,
-                               "spatial_loss": float(np.mean(list(sl.last.values()))) if sl is not None else 0.0,
-                               "lr": lr_at(step, cfg)})
+                log.write({"step": step, "train_loss": loss.item(), "val_loss": val_loss,
+                           "spatial_loss": float(np.mean(list(sl.last.values()))) if sl is not None else 0.0,
+                           "lr": lr_at(step, cfg)})
                 bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
             if (step + 1) % cfg.checkpoint_interval == 0 and step + 1 < cfg.steps:
                 _save_ckpt(ckpt, step + 1, model, opt, gen, rank, ddp)
@@ -264,12 +261,6 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     if sl is not None:
         sl.remove()
     return {**summary, "model": model, "sheets": sheets, "tokens": tokens, "device": device}
-
-
-def _leave_process_group():
-    """Wait for every rank, then leave the process group (rank 0 may still be analysing when the others finish)."""
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def _save_ckpt(ckpt, step, model, opt, gen, rank, ddp):
@@ -315,7 +306,7 @@ def _windows(ids: list[int], T: int) -> torch.Tensor:
     return torch.tensor(ids[:n * T], dtype=torch.long).view(n, T)
 
 
-def analyse_lm(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, device, out: Path | None = None) -> dict:
+def analyse_lm(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, device) -> dict:
     """Noun–verb and sentence–shuffled contrasts per sheet: Welch t-maps (BH-FDR), Moran's I, smoothness,
     and the correlation-vs-distance curve. Needs the grammar corpus (tokens with word classes)."""
     if tokens.word_class is None or tokens.val_sentences is None:
@@ -410,8 +401,9 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         if rank == 0 and tokens.word_class is not None:
             results[arm] = analyse_lm(s["model"], s["sheets"], tokens, cfg, s["device"])
             layouts[arm] = {n: lay for n, _, lay in s["sheets"]}
-    if dist.is_initialized():
-        _leave_process_group()
+    if dist.is_initialized():  # the barrier: rank 0 may still be analysing
+        dist.barrier()
+        dist.destroy_process_group()
     if rank != 0:
         return {}
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "seconds": round(time.time() - t0, 2),

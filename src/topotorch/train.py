@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import data as D
 from . import metrics as M
-from .checkpoint import Checkpointer, CheckpointError, check_same_config, save_model
+from .checkpoint import Checkpointer, check_same_config, save_model
 from .costs import WiringCost
 from .graph import embed
 from .layout import atomic_write_text
@@ -239,9 +239,7 @@ def train_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True
     ckpt = Checkpointer(out)
     if resume:
         check_same_config(out, conf)
-    elif ckpt.latest() is not None:
-        raise CheckpointError(f"{out} already holds checkpoints; pass --resume to continue that run "
-                              "or choose another --out")
+    last = ckpt.resume_point(resume)
 
     t0 = time.time()
     data = D.symbolic(cfg.task, cfg.seed, cfg.n_train, cfg.n_test)
@@ -260,7 +258,7 @@ def train_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True
     bias_start = int(cfg.bias_penalty_start * cfg.steps)
 
     start, elapsed_before = 0, 0.0
-    if resume and (last := ckpt.latest()) is not None:
+    if last is not None:
         st = ckpt.load(last, model, opt)
         start, elapsed_before = st["step"], st["extra"].get("seconds", 0.0)
     atomic_write_text(out / "config.json", json.dumps({"config": conf, "layouts": graph.state_dict()}, indent=1))

@@ -253,13 +253,10 @@ class _Sheet:
         self.windows, self.window_key = None, None
         if full.any():
             centres = torch.nonzero(full).flatten()
-            rows = []
-            for ci in centres.tolist():
-                idx = torch.nonzero(inside[ci]).flatten()
-                off = c[idx] - c[ci]
-                order = torch.argsort(off[:, 0] * 1e6 + off[:, 1] if c.shape[1] > 1 else off[:, 0])
-                rows.append(idx[order])
-            W = torch.stack(rows)
+            idx = torch.nonzero(inside[centres])[:, 1].view(len(centres), -1)  # (windows, m), row-major
+            off = c[idx] - c[centres][:, None]
+            order = torch.argsort(off[..., 0] * 1e6 + off[..., 1] if c.shape[1] > 1 else off[..., 0], dim=1)
+            W = idx.gather(1, order)
             Dw = self.D[W[:, :, None], W[:, None, :]]
             if torch.allclose(Dw, Dw[:1].expand_as(Dw), atol=1e-6):  # translation-invariant (a grid)
                 self.windows, self.Dw = W, Dw[0]
@@ -342,6 +339,7 @@ class SpatialCorrelationLoss:
         self.mode, self.kind, self.k, self.generator, self.capture = mode, kind, neighbourhoods, generator, capture
         self._hooks = [s.module.register_forward_hook(self._make_hook(s)) for s in self.sheets]
         self._cache: dict = {}
+        self.last_values: list = []
 
     def _make_hook(self, sheet: _Sheet):
         def hook(module, args, out):
@@ -426,7 +424,7 @@ class SpatialCorrelationLoss:
     @property
     def last(self) -> dict[str, float]:
         """Per-sheet loss values of the last call (converted lazily: no device sync during training)."""
-        return {name: float(v) for names, vals in getattr(self, "last_values", [])
+        return {name: float(v) for names, vals in self.last_values
                 for name, v in zip(names, vals.tolist())}
 
     def refresh(self) -> None:
