@@ -1,12 +1,16 @@
-"""topotorch: spatially embedded neural networks in PyTorch."""
-from . import costs, gpt, layout, metrics
-from .layout import Layout, distance
-from .graph import NeuronGraph, NeuronLayer, Port, WeightLayer, embed
+"""topotorch: spatially embedded neural networks in PyTorch.
+
+The two user-facing routes: ``embed`` / ``NeuronGraph`` + ``WiringCost`` + ``relocate`` (BIMT: modular,
+function-preserving), and ``attach`` / ``detach`` (topographic losses on any model's modules).
+"""
+from . import costs, gpt, hooks, layout, metrics
+from .layout import Layout
+from .graph import NeuronGraph, Port, embed
 from .costs import WiringCost
 from .relocate import relocate
 from .models import MLP
-from .topography import Topography, attach
+from .topography import attach, detach, is_attached
 
 __version__ = "0.1.0"
-__all__ = ["costs", "gpt", "layout", "metrics", "Layout", "distance", "NeuronGraph", "NeuronLayer", "Port", "WeightLayer", "embed",
-           "WiringCost", "relocate", "MLP", "attach", "Topography"]
+__all__ = ["costs", "gpt", "hooks", "layout", "metrics", "Layout", "NeuronGraph", "Port", "embed", "WiringCost",
+           "relocate", "MLP", "attach", "detach", "is_attached"]

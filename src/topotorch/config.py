@@ -2,12 +2,33 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any
 
 import yaml
 
-__all__ = ["from_dict", "parse_sets", "ConfigError"]
+__all__ = ["from_dict", "parse_sets", "load_yaml", "ConfigError"]
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2's floats: ``1e-3`` and ``2.5e+4`` are numbers (YAML 1.1, PyYAML's default, reads the
+    first as a string because it has no dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Parse YAML text with 1.2-style floats (see :class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -90,7 +111,7 @@ def parse_sets(items: list[str]) -> dict:
         if not k:
             raise ConfigError(f"--set has an empty key in {item!r}")
         try:
-            out[k] = yaml.safe_load(v) if v.strip() else ""
+            out[k] = load_yaml(v) if v.strip() else ""
         except yaml.YAMLError:
             out[k] = v
     return out

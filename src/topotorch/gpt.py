@@ -116,12 +116,12 @@ class GPT(nn.Module):
         return logits, loss
 
     def sheets(self, where: str = "outputs") -> list[tuple[str, nn.Module]]:
-        """(name, module) of the hookable sheets: ``"outputs"`` = attention and MLP outputs before the
-        residual add (TopoLM), ``"residual"`` = each block's residual stream."""
+        """(path in ``named_modules()``, module) of the hookable sheets: ``"outputs"`` = attention and MLP
+        outputs before the residual add (TopoLM), ``"residual"`` = each block's residual stream."""
         if where == "outputs":
-            return [(f"block{i}.{part}", getattr(b, part)) for i, b in enumerate(self.blocks) for part in ("attn", "mlp")]
+            return [(f"blocks.{i}.{part}", getattr(b, part)) for i, b in enumerate(self.blocks) for part in ("attn", "mlp")]
         if where == "residual":
-            return [(f"block{i}.resid", b) for i, b in enumerate(self.blocks)]
+            return [(f"blocks.{i}", b) for i, b in enumerate(self.blocks)]
         raise ValueError(f"where must be 'outputs' or 'residual', got {where!r}")
 
 

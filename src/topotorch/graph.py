@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import layout as L
 from .layout import Layout
@@ -32,14 +33,33 @@ IN_PERM, OUT_PERM = "topo_in_perm", "topo_out_perm"
 
 @dataclass
 class Port:
-    """Axis ``dim`` of tensor ``getattr(module, name)`` is indexed by a neuron layer's units."""
+    """Axis ``dim`` of parameter or buffer ``module.<name>`` is indexed by a neuron layer's units.
+
+    ``perm=True`` marks a *permutation port*: a long buffer holding a permutation of ``range(n)`` through
+    which the model reads its input (``x[..., perm]``) or writes its output (``y[..., argsort(perm)]``), as
+    :func:`embed` does. It is what lets a boundary layer (the model's inputs or outputs) move.
+    A weight under ``torch.nn.utils.parametrize`` is moved through its original tensor.
+    """
 
     module: nn.Module
     name: str
     dim: int = 0
+    perm: bool = False
 
     @property
     def tensor(self) -> torch.Tensor:
+        """The tensor as the model uses it (a parametrized weight: its computed value)."""
+        return getattr(self.module, self.name)
+
+    @property
+    def parametrized(self) -> bool:
+        return parametrize.is_parametrized(self.module, self.name)
+
+    @property
+    def storage(self) -> torch.Tensor:
+        """The tensor that holds the state: the parameter or buffer itself, or a parametrization's original."""
+        if self.parametrized:
+            return self.module.parametrizations[self.name].original
         return getattr(self.module, self.name)
 
 
@@ -50,7 +70,9 @@ class NeuronLayer:
     name: str
     layout: Layout
     ports: list[Port] = field(default_factory=list)
-    movable: bool = True  # False: placed and costed, never relocated (e.g. q/k units tied within heads)
+    # True/False: decided by hand (False: placed and costed, never relocated, e.g. q/k units tied within
+    # heads). None: movable when closed — fed by a weight layer or a permutation port, and read by one.
+    movable: bool | None = None
 
     @property
     def n(self) -> int:
@@ -99,10 +121,17 @@ class NeuronGraph:
             self._add_weight(w)
 
     # ---- building ------------------------------------------------------------------------------
-    def add_layer(self, name: str, layout: Layout, ports: Sequence[Port] = ()) -> int:
-        self.layers.append(NeuronLayer(name, layout, list(ports)))
+    def add_layer(self, name: str, layout: Layout, ports: Sequence[Port] = (), movable: bool | None = None) -> int:
+        """Add a neuron layer; returns its index. ``movable=None`` (default): it may be relocated when
+        closed (see :meth:`is_movable`); ``False`` fixes it; ``True`` asks for it (``permute`` still refuses
+        a layer it cannot move exactly)."""
+        if any(l.name == name for l in self.layers):
+            raise ValueError(f"the graph already has a neuron layer named {name!r}")
+        layer = NeuronLayer(name, layout, [], movable)
         for p in ports:
-            self._check_port(self.layers[-1], p)
+            self._check_port(layer, p)
+        layer.ports = list(ports)
+        self.layers.append(layer)
         return len(self.layers) - 1
 
     def connect(self, module: nn.Module, src: int, dst: int, weight_name: str = "weight",
@@ -137,12 +166,23 @@ class NeuronGraph:
 
     @staticmethod
     def _check_port(layer: NeuronLayer, p: Port) -> None:
-        t = p.tensor
+        where = f"port {p.name!r} of {type(p.module).__name__} (layer {layer.name!r})"
+        if not (p.parametrized or p.name in p.module._parameters or p.name in p.module._buffers):
+            raise ValueError(f"{where} is not a parameter or buffer of its module: a plain attribute is neither "
+                             "saved with the model nor can it be moved reliably; register it with register_buffer")
+        t, st = p.tensor, p.storage
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"port {p.name!r} of {type(p.module).__name__} is not a tensor")
+            raise ValueError(f"{where} is not a tensor")
         if t.dim() <= p.dim or t.shape[p.dim] != layer.n:
-            raise ValueError(f"port {p.name!r} has shape {tuple(t.shape)}; axis {p.dim} must have "
-                             f"{layer.n} entries for neuron layer {layer.name!r}")
+            raise ValueError(f"{where} has shape {tuple(t.shape)}; axis {p.dim} must have "
+                             f"{layer.n} entries")
+        if st.shape != t.shape:
+            raise ValueError(f"{where} is parametrized with an original of another shape {tuple(st.shape)}; its "
+                             "units cannot be moved through it")
+        if p.perm:
+            if t.dim() != 1 or t.dtype != torch.long or not torch.equal(t.sort().values.cpu(), torch.arange(layer.n)):
+                raise ValueError(f"{where}: a permutation port must be a long buffer holding a permutation of "
+                                 f"range({layer.n})")
 
     # ---- queries ------------------------------------------------------------------------------
     def incoming(self, i: int) -> list[WeightLayer]:
@@ -158,11 +198,42 @@ class NeuronGraph:
     def layouts(self) -> list[Layout]:
         return [l.layout for l in self.layers]
 
+    def perm_port(self, i: int) -> Port | None:
+        """The permutation port of layer ``i``, if it has one."""
+        return next((p for p in self.layers[i].ports if p.perm), None)
+
     def input_perm(self) -> torch.Tensor | None:
-        return getattr(self.model, IN_PERM, None) if self.model is not None else None
+        """``perm[s]``: the model input read at slot ``s`` of the first layer (``None``: never moved)."""
+        p = self.perm_port(0) if self.layers else None
+        return p.tensor if p is not None else None
 
     def output_perm(self) -> torch.Tensor | None:
-        return getattr(self.model, OUT_PERM, None) if self.model is not None else None
+        """``perm[s]``: the model output written from slot ``s`` of the last layer (``None``: never moved)."""
+        p = self.perm_port(len(self.layers) - 1) if self.layers else None
+        return p.tensor if p is not None else None
+
+    def closure(self, i: int) -> str | None:
+        """Why layer ``i`` cannot be relocated exactly (``None``: it can). A layer is closed when what feeds
+        it (a weight layer, or a permutation port for the model's inputs) and what reads it (a weight
+        layer, or a permutation port for the model's outputs) are all declared."""
+        layer = self.layers[i]
+        has_perm = any(p.perm for p in layer.ports)
+        if not (self.incoming(i) or has_perm):
+            return (f"layer {layer.name!r} holds the model's inputs (no weight layer feeds it) and has no "
+                    "permutation port: moving it would feed inputs to the wrong units. Declare one with "
+                    f"add_port({i}, Port(module, '<perm buffer>', perm=True)) and apply it to the input, or "
+                    "keep the layer fixed (add_layer(..., movable=False))")
+        if not (self.outgoing(i) or has_perm):
+            return (f"layer {layer.name!r} holds the model's outputs (no weight layer reads it) and has no "
+                    "permutation port: moving it would reorder the outputs. Declare one with "
+                    f"add_port({i}, Port(module, '<perm buffer>', perm=True)) and apply it to the output, or "
+                    "keep the layer fixed (add_layer(..., movable=False))")
+        return None
+
+    def is_movable(self, i: int) -> bool:
+        """Whether relocation may move layer ``i``: as set by hand, else when it is closed."""
+        m = self.layers[i].movable
+        return self.closure(i) is None if m is None else bool(m)
 
     # ---- moving units --------------------------------------------------------------------------
     def unit_perm(self, i: int, slot_perm: torch.Tensor) -> torch.Tensor:
@@ -177,27 +248,51 @@ class NeuronGraph:
 
         Every port (and, if given, the optimizer's per-parameter state of the same shape, e.g. Adam's
         moments) is permuted the same way, so the model computes exactly the same function and training
-        continues as if nothing moved.
+        continues as if nothing moved. What cannot be kept exact is refused with a ``ValueError`` that names
+        the layer and what is missing, and the model is left as it was: a fixed layer, a boundary layer
+        without a permutation port, a parametrization that does not commute with the permutation.
         """
-        lay = self.layers[i].layout
+        layer = self.layers[i]
+        lay = layer.layout
         sp = torch.as_tensor(slot_perm, dtype=torch.long)
         if sp.shape != (lay.m,) or not torch.equal(sp.sort().values, torch.arange(lay.m)):
             raise ValueError(f"slot_perm must be a permutation of range({lay.m})")
+        if layer.movable is False:
+            raise ValueError(f"layer {layer.name!r} is fixed (movable=False)")
+        why = self.closure(i)
+        if why is not None:
+            raise ValueError(why)
         up = self.unit_perm(i, sp)
-        seen = set()
-        for port in self.layers[i].ports:
-            t = port.tensor
-            key = (id(t), port.dim)
-            if key in seen:  # the same tensor declared twice must move once
-                continue
-            seen.add(key)
-            idx = up.to(t.device)
-            t.data = t.data.index_select(port.dim, idx)
-            if optimizer is not None and isinstance(t, nn.Parameter):
-                st = optimizer.state.get(t, {})
+        ports, seen = [], set()
+        for port in layer.ports:
+            key = (id(port.storage), port.dim)
+            if key not in seen:  # the same tensor declared twice (tied weights) must move once
+                seen.add(key)
+                ports.append(port)
+        # Parametrized weights are moved through their original; the computed weight must move with it.
+        checks = [(p, p.tensor.detach().index_select(p.dim, up.to(p.tensor.device))) for p in ports if p.parametrized]
+        for port in ports:
+            t = port.storage
+            t.copy_(t.index_select(port.dim, up.to(t.device)))
+        bad = [p for p, want in checks if not torch.equal(p.tensor, want)]
+        if bad:
+            inv = torch.argsort(up)
+            for port in ports:
+                t = port.storage
+                t.copy_(t.index_select(port.dim, inv.to(t.device)))
+            p = bad[0]
+            kinds = [type(m).__name__ for m in p.module.parametrizations[p.name]]
+            raise ValueError(f"layer {layer.name!r}: the parametrization {kinds} of {type(p.module).__name__}."
+                             f"{p.name} does not commute with moving units (e.g. a locality prior fixed to "
+                             "positions), so relocation would change the model's function; nothing was moved. "
+                             "Keep this layer fixed (movable=False) or remove the parametrization")
+        if optimizer is not None:
+            for port in ports:
+                t = port.storage
+                st = optimizer.state.get(t, {}) if isinstance(t, nn.Parameter) else {}
                 for k, v in list(st.items()):
                     if isinstance(v, torch.Tensor) and v.shape == t.shape:
-                        st[k] = v.index_select(port.dim, idx)
+                        st[k] = v.index_select(port.dim, up.to(v.device))
 
     # ---- hooks ----------------------------------------------------------------------------------
     def remove(self) -> None:
@@ -209,17 +304,6 @@ class NeuronGraph:
     def state_dict(self) -> dict:
         """JSON-serialisable layout state (the permutations live in the model's state_dict)."""
         return {"layers": [{"name": l.name, "layout": l.layout.to_dict()} for l in self.layers]}
-
-    def load_layouts(self, state: dict) -> None:
-        layers = state.get("layers")
-        if not isinstance(layers, list) or len(layers) != len(self.layers):
-            raise ValueError(f"layout state has {len(layers) if isinstance(layers, list) else 'no'} layers, "
-                             f"graph has {len(self.layers)}")
-        for l, d in zip(self.layers, layers):
-            lay = Layout.from_dict(d["layout"])
-            if lay.n != l.n:
-                raise ValueError(f"layout for {l.name!r} has {lay.n} units, layer has {l.n}")
-            l.layout = lay
 
 
 def _in_perm_hook(module, args):
@@ -298,7 +382,7 @@ def embed(model: nn.Sequential, layouts: LayoutSpec | Sequence[LayoutSpec] = "li
     g.model = model
     for name, lay in zip(names, lays):
         g.add_layer(name, lay)
-    g.add_port(0, Port(model, IN_PERM, 0))
+    g.add_port(0, Port(model, IN_PERM, 0, perm=True))
     cur = 0
     for idx, m in enumerate(model):
         if isinstance(m, nn.Linear):
@@ -308,7 +392,7 @@ def embed(model: nn.Sequential, layouts: LayoutSpec | Sequence[LayoutSpec] = "li
             for nm in ("weight", "bias", "running_mean", "running_var"):
                 if isinstance(getattr(m, nm, None), torch.Tensor):
                     g.add_port(cur, Port(m, nm, 0))
-    g.add_port(len(sizes) - 1, Port(model, OUT_PERM, 0))
+    g.add_port(len(sizes) - 1, Port(model, OUT_PERM, 0, perm=True))
     g._hooks.append(model.register_forward_pre_hook(_in_perm_hook))
     g._hooks.append(model.register_forward_hook(_out_perm_hook))
     return g

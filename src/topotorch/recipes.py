@@ -8,7 +8,7 @@ from typing import Callable
 
 import yaml
 
-from .config import ConfigError, from_dict
+from .config import ConfigError, from_dict, load_yaml
 
 __all__ = ["Recipe", "list_recipes", "load_recipe", "run_recipe", "RUNNERS"]
 
@@ -82,7 +82,7 @@ def load_recipe(name_or_path: str) -> Recipe:
             raise ConfigError(f"unknown recipe {name_or_path!r}; available: {', '.join(sorted(files))} "
                               "(or a path to a .yaml recipe)")
     try:
-        d = yaml.safe_load(path.read_text())
+        d = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({e})") from None
     if not isinstance(d, dict) or "kind" not in d or not isinstance(d.get("config", {}), dict):

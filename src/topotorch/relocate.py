@@ -68,7 +68,7 @@ def relocate_layer(graph: NeuronGraph, cost: WiringCost, i: int, top_k: int = 5,
                    method: str = "greedy", optimizer=None) -> int:
     """Relocate the units of neuron layer ``i``; returns the number of units that moved."""
     m = graph.layers[i].layout.m
-    if m < 2 or not graph.layers[i].movable:
+    if m < 2 or not graph.is_movable(i):
         return 0
     if method == "assignment":
         _, col = linear_sum_assignment(placement_cost(graph, cost, i).cpu().numpy())
@@ -127,7 +127,8 @@ def relocate(graph: NeuronGraph, cost: WiringCost, top_k: int = 5, method: str =
         top_k: units per layer tried in turn by the greedy search (BIMT: 5).
         method: ``"greedy"`` (the seed's algorithm, exact) or ``"assignment"`` (optimal per layer).
         optimizer: its per-parameter state (Adam moments) is permuted with the parameters.
-        layers: indices of neuron layers to relocate (default: all).
+        layers: indices of neuron layers to relocate (default: every movable layer; fixed layers — set by
+            hand, or boundary layers without a permutation port — are skipped).
     Returns: the number of units that moved.
     """
     if top_k < 1:

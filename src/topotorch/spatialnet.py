@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import hooks
 from .checkpoint import load_model, save_model
 from .config import from_dict
 from .costs import proximity_cost, transport_cost
@@ -281,14 +282,10 @@ def load_run(run) -> tuple[SpatialConfig, SpatialNet, TwoTask]:
 
 def _hidden_activations(model: SpatialNet, x: torch.Tensor) -> list[torch.Tensor]:
     """Post-activation outputs of every hidden layer, ``[(N, n_l)]``."""
-    acts = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: acts.append(o.detach()))
-             for m in model.net if not isinstance(m, nn.Linear)]
-    with torch.no_grad():
+    acts = [m for m in model.net if not isinstance(m, nn.Linear)]
+    with torch.no_grad(), hooks.record(acts) as got:
         model(x)
-    for h in hooks:
-        h.remove()
-    return acts
+    return [got[str(k)][0] for k in range(len(acts))]
 
 
 def record(run, loaded=None) -> dict:

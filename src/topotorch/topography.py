@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from . import layout as L
-from .costs.correlation import SpatialCorrelationLoss, correlation_matrix
+from .costs.correlation import SpatialCorrelationLoss, correlation_matrix, unwrap_compiled
+from .hooks import record, resolve_modules
 from .costs.smoothness import WeightSmoothness, sheet_shape
 from .layout import Layout
 
-__all__ = ["attach", "Topography", "retinotopic", "POSITIONS"]
+__all__ = ["attach", "detach", "is_attached", "Topography", "retinotopic", "POSITIONS"]
 
 POSITIONS = "topo_positions"
 
@@ -54,29 +55,36 @@ def _default_layout(n: int) -> Layout:
     return L.grid(h, w, spacing=1.0)
 
 
+STATE = "_topo_state"  # on the model: the attached Topography, found again by detach / is_attached
+
+
 class Topography:
     """Positions and topographic losses attached to a model's modules. Call it for the loss.
 
+    Built by :func:`attach`; :func:`detach` (or :meth:`remove`) takes everything off the model again.
+
     Attributes:
-        names: the attached modules' names; ``positions(name)`` their :class:`Layout`.
+        names: the attached modules' paths in ``model.named_modules()``; ``positions(name)`` their :class:`Layout`.
     """
 
-    def __init__(self, model: nn.Module, entries: list, alpha: float, smoothness: float, factor: float,
+    def __init__(self, model: nn.Module, entries: list, alpha, smoothness: float, factor: float,
                  mode: str, kind: str, radius: float, neighbourhoods: int, seed: int):
         self.model, self.entries = model, entries
         self.alpha, self.smoothness = alpha, smoothness
         self.names = [e["name"] for e in entries]
-        self.correlation = SpatialCorrelationLoss(
-            [(e["name"], e["module"], self.positions(e["name"]), e["transform"]) for e in entries],
-            alpha=alpha, mode=mode, kind=kind, radius=radius, neighbourhoods=neighbourhoods,
-            generator=torch.Generator().manual_seed(seed)) if alpha > 0 else None
+        on = isinstance(alpha, dict) and any(v > 0 for v in alpha.values()) or not isinstance(alpha, dict) and alpha > 0
         weighted = [e["module"] for e in entries if e["units"] != "locations"]
         self.weights = WeightSmoothness(weighted, factor) if smoothness > 0 and weighted else None
-        self._hook = model.register_load_state_dict_post_hook(lambda m, keys: self.refresh())
+        self.correlation = SpatialCorrelationLoss(
+            [(e["name"], e["module"], self.positions(e["name"]), e["units"]) for e in entries],
+            alpha=alpha, mode=mode, kind=kind, radius=radius, neighbourhoods=neighbourhoods,
+            generator=torch.Generator().manual_seed(seed), model=model) if on else None
+        self._hook = unwrap_compiled(model).register_load_state_dict_post_hook(lambda m, keys: self.refresh())
+        self.attached = True
 
     def positions(self, name: str) -> Layout:
         e = self._entry(name)
-        return Layout(getattr(e["module"], POSITIONS).double(), kind=e["kind"])
+        return Layout(getattr(e["module"], POSITIONS).double().cpu(), kind=e["kind"])
 
     def _entry(self, name: str) -> dict:
         for e in self.entries:
@@ -86,6 +94,8 @@ class Topography:
 
     def __call__(self) -> torch.Tensor:
         """α · spatial correlation loss (last forward pass) + smoothness · TopoLoss of the weights."""
+        if not self.attached:
+            raise RuntimeError("this Topography was detached from its model; attach again for a loss")
         total = None
         if self.correlation is not None:
             total = self.correlation()
@@ -95,6 +105,11 @@ class Topography:
         if total is None:
             raise RuntimeError("no loss is enabled (alpha and smoothness are both 0)")
         return total
+
+    def clear(self) -> None:
+        """Forget the activations of a forward pass whose loss will not be computed."""
+        if self.correlation is not None:
+            self.correlation.clear()
 
     def refresh(self) -> None:
         """Re-read positions from the modules' buffers (after ``load_state_dict``)."""
@@ -109,22 +124,21 @@ class Topography:
         """TDANN's swap pre-optimisation on the responses to ``inputs``: positions are swapped inside local
         windows when that lowers the spatial loss; the buffers are updated. Returns per-module info."""
         from .relocate import swap_optimize
-        got = {}
-        hooks = [e["module"].register_forward_hook(
-            lambda m, a, o, e=e: got.__setitem__(e["name"], (e["transform"] or (lambda t: t.reshape(-1, t.shape[-1])))(o)))
-            for e in self.entries]
-        was = self.model.training
-        self.model.eval()
+        model = unwrap_compiled(self.model)
+        was = model.training
+        model.eval()
         try:
-            self.model(*inputs)
+            with record({e["name"]: e["module"] for e in self.entries},
+                        {e["name"]: e["units"] for e in self.entries}) as got:
+                model(*inputs)
         finally:
-            for h in hooks:
-                h.remove()
-            self.model.train(was)
+            model.train(was)
+        if self.correlation is not None:
+            self.correlation.clear()
         info = {}
         for e in self.entries:
             lay = self.positions(e["name"])
-            r = correlation_matrix(got[e["name"]].float().cpu())
+            r = correlation_matrix(got[e["name"]][0].float().cpu())
             rad = radius if radius is not None else (2.0 if lay.kind != "retinotopic" else 2.0 * math.sqrt(lay.n) / 8)
             new, info[e["name"]] = swap_optimize(r, lay, windows, swaps, rad, seed=seed)
             getattr(e["module"], POSITIONS).copy_(new.coords.to(getattr(e["module"], POSITIONS)))
@@ -132,76 +146,134 @@ class Topography:
         return info
 
     def remove(self) -> None:
-        """Detach the hooks (the position buffers stay in the model)."""
+        """Take the topography off the model: hooks, position buffers and state (same as :func:`detach`)."""
+        if not self.attached:
+            return
         if self.correlation is not None:
             self.correlation.remove()
         self._hook.remove()
+        for e in self.entries:
+            e["module"]._buffers.pop(POSITIONS, None)
+        base = unwrap_compiled(self.model)
+        if getattr(base, STATE, None) is self:
+            delattr(base, STATE)
+        self.attached = False
 
     @property
     def last(self) -> dict[str, float]:
         return self.correlation.last if self.correlation is not None else {}
 
 
+def is_attached(model: nn.Module) -> bool:
+    """Whether :func:`attach` has put a topography on ``model``."""
+    return getattr(unwrap_compiled(model), STATE, None) is not None
+
+
+def detach(model: nn.Module) -> None:
+    """Remove what :func:`attach` added to ``model`` (hooks, ``topo_positions`` buffers); the model's own
+    ``state_dict`` keys are left exactly as before. Raises if nothing is attached."""
+    topo = getattr(unwrap_compiled(model), STATE, None)
+    if topo is None:
+        raise ValueError("no topography is attached to this model")
+    topo.remove()
+
+
+def _units_of(mod: nn.Module, units: str) -> str:
+    return units if isinstance(mod, nn.modules.conv._ConvNd) else "features"
+
+
 def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units: str = "channels",
-           layout: Layout | str | dict | None = None, alpha: float = 1.0, smoothness: float = 0.0,
+           layout: Layout | str | dict | None = None, alpha: float | dict = 1.0, smoothness: float = 0.0,
            factor: float = 2.0, mode: str = "exact", kind: str = "relative", radius: float = 2.0,
            neighbourhoods: int = 5, example_input=None, seed: int = 0) -> Topography:
     """Give the output units of ``modules`` positions and return the :class:`Topography` loss.
 
+    Everything is validated (and ``example_input`` run) before the model is touched; on any error the model
+    is left as it was. ``detach(model)`` removes it all again. Works on a model compiled with
+    ``torch.compile`` (TorchDynamo's caches are reset so that compiled code picks up the hooks).
+
     Args:
         model: any ``nn.Module``; it is not rewritten (buffers and hooks are added).
-        modules: names (``model.get_submodule``) or modules; or a dict name → :class:`Layout`.
-        units: for ``nn.Conv2d``: ``"channels"`` (channels on a sheet) or ``"locations"`` (every channel ×
-            location, retinotopic; needs ``example_input`` to learn the feature-map size).
+        modules: names (paths in ``model.named_modules()``) or modules; or a dict of either → :class:`Layout`.
+            Sheets are named by their path everywhere (``topo.last``, ``positions``, ``alpha``).
+        units: for conv modules: ``"channels"`` (channels on a sheet, every location a sample) or
+            ``"locations"`` (every channel × location, retinotopic). Other modules: the output's last
+            dimension. Outputs may be tensors, tuples (the first element) or dict-like (the first tensor).
         layout: positions for all modules (a Layout, or ``"grid"``/``"retinotopic"``); default a grid of
             cells (h ≤ w, the most square) or retinotopic for ``units="locations"``.
-        alpha: weight of the spatial correlation loss (TopoLM/TDANN) per module; 0 disables it.
+        alpha: weight of the spatial correlation loss (TopoLM/TDANN) per module, or a dict path → weight
+            naming every module; 0 disables it.
         smoothness: weight of the TopoLoss-compatible weight smoothness (channels/Linear units only).
         mode, kind, radius, neighbourhoods: see :class:`~topotorch.costs.SpatialCorrelationLoss`.
-        example_input: a small input batch, needed for ``units="locations"``.
+        example_input: a small input batch (a tensor or a tuple of arguments), run once in eval mode under
+            ``no_grad`` to learn the number of units; needed for ``units="locations"`` and for modules
+            without ``out_features``/``out_channels``.
     """
     if units not in ("channels", "locations"):
         raise ValueError(f"units must be 'channels' or 'locations', got {units!r}")
-    given = dict(modules) if isinstance(modules, dict) else {m: None for m in modules}
-    named = {id(m): n for n, m in model.named_modules()}
-    resolved = []
-    for key, lay in given.items():
-        if isinstance(key, str):
-            try:
-                mod, name = model.get_submodule(key), key
-            except AttributeError:
-                raise ValueError(f"the model has no submodule {key!r}") from None
-        else:
-            mod, name = key, named.get(id(key))
-            if name is None:
-                raise ValueError(f"{type(key).__name__} is not a submodule of this model")
+    if mode not in ("exact", "sampled") or kind not in ("relative", "absolute"):
+        raise ValueError(f"mode must be 'exact' or 'sampled' and kind 'relative' or 'absolute', got {mode!r}, {kind!r}")
+    if neighbourhoods < 1 or not radius > 0 or not factor > 0:
+        raise ValueError("neighbourhoods must be ≥ 1, radius and factor positive")
+    base = unwrap_compiled(model)
+    if is_attached(base):
+        raise ValueError("a topography is already attached to this model; detach(model) first or attach all "
+                         "modules in one call")
+    resolved = resolve_modules(base, modules)
+    if not resolved:
+        raise ValueError("no modules given")
+    given = dict(zip(resolved, modules.values())) if isinstance(modules, dict) else {n: None for n in resolved}
+    for name, mod in resolved.items():
         if hasattr(mod, POSITIONS):
-            raise ValueError(f"{name} is already attached (it has {POSITIONS})")
-        resolved.append((name, mod, lay if lay is not None else layout))
+            raise ValueError(f"{name} already has a {POSITIONS} attribute; detach(model) first")
+    if isinstance(alpha, dict):
+        unknown = sorted(set(alpha) - set(resolved))
+        if unknown:
+            raise ValueError(f"alpha names {unknown} are not attached modules; the modules are {list(resolved)}")
+        missing = [n for n in resolved if n not in alpha]
+        if missing:
+            raise ValueError(f"alpha has no weight for {missing}; give every module a weight (0 turns one off)")
+        alpha = {k: float(v) for k, v in alpha.items()}
+        if any(v < 0 for v in alpha.values()):
+            raise ValueError("alpha weights must be non-negative")
+    elif not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha < 0:
+        raise ValueError(f"alpha must be a non-negative number or a dict module path → weight, got {alpha!r}")
+    if smoothness < 0:
+        raise ValueError(f"smoothness must be non-negative, got {smoothness}")
+    kinds = {n: _units_of(m, units) for n, m in resolved.items()}
     shapes = {}
-    if units == "locations" and example_input is None:
+    if "locations" in kinds.values() and example_input is None:
         raise ValueError("units='locations' needs example_input to learn the feature-map sizes")
     if example_input is not None:
-        hooks = [m.register_forward_hook(lambda mod, a, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
-                 for n, m, _ in resolved]
-        with torch.no_grad():
-            model(*(example_input if isinstance(example_input, tuple) else (example_input,)))
-        for h in hooks:
-            h.remove()
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+        was = base.training
+        base.eval()  # no running-statistics updates from the probe
+        try:
+            with torch.no_grad(), record(resolved, None) as got:
+                base(*args)
+        finally:
+            base.train(was)
+        for n in resolved:
+            if not got[n]:
+                raise ValueError(f"{n} did not run in the forward pass of example_input")
+            shapes[n] = tuple(got[n][0].shape)
     entries = []
-    for i, (name, mod, lay) in enumerate(resolved):
-        if isinstance(mod, nn.Conv2d):
-            C = mod.out_channels
-            if units == "locations":
-                _, C, H, W = shapes[name]
-                n, transform, default = C * H * W, (lambda o: o.flatten(1)), retinotopic(C, H, W, seed=seed + i)
-            else:
-                n, transform, default = C, (lambda o: o.transpose(1, -1).reshape(-1, o.shape[1])), _default_layout(C)
+    for i, (name, mod) in enumerate(resolved.items()):
+        lay = given[name] if given[name] is not None else layout
+        k = kinds[name]
+        if k == "locations":
+            if len(shapes[name]) != 4:
+                raise ValueError(f"units='locations' needs a 2D conv map (N, C, H, W); {name} gives {shapes[name]}")
+            _, C, H, W = shapes[name]
+            n, default = C * H * W, retinotopic(C, H, W, seed=seed + i)
         else:
-            n = shapes[name][-1] if name in shapes else getattr(mod, "out_features", None)
+            if name in shapes:
+                n = shapes[name][1] if k == "channels" else shapes[name][-1]
+            else:
+                n = getattr(mod, "out_channels" if k == "channels" else "out_features", None)
             if n is None:
                 raise ValueError(f"cannot tell how many units {name} ({type(mod).__name__}) has: pass example_input")
-            transform, default = None, _default_layout(n)
+            default = _default_layout(n)
         if isinstance(lay, Layout):
             pos = lay
         elif lay is None:
@@ -216,8 +288,23 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
             raise ValueError(f"unknown layout {lay!r}; use a Layout, 'grid' or 'retinotopic'")
         if pos.n != n:
             raise ValueError(f"layout for {name} has {pos.n} units, the module has {n}")
-        ref = next(iter(mod.parameters()), None)
-        mod.register_buffer(POSITIONS, pos.unit_coords.float().to(ref.device if ref is not None else "cpu"))
-        entries.append({"name": name, "module": mod, "transform": transform, "kind": pos.kind,
-                        "units": units if isinstance(mod, nn.Conv2d) else "features"})
-    return Topography(model, entries, alpha, smoothness, factor, mode, kind, radius, neighbourhoods, seed)
+        entries.append({"name": name, "module": mod, "units": k, "kind": pos.kind, "layout": pos})
+    weighted = [e["module"] for e in entries if e["units"] != "locations"]
+    if smoothness > 0 and weighted:
+        WeightSmoothness(weighted, factor)  # validates the blur factor against every sheet
+
+    # Everything is validated: only now touch the model, and undo it all if anything still fails.
+    added = []
+    try:
+        for e in entries:
+            ref = next(iter(e["module"].parameters()), None)
+            e["module"].register_buffer(POSITIONS, e.pop("layout").unit_coords.float().to(
+                ref.device if ref is not None else "cpu"))
+            added.append(e["module"])
+        topo = Topography(model, entries, alpha, smoothness, factor, mode, kind, radius, neighbourhoods, seed)
+    except BaseException:
+        for m in added:
+            m._buffers.pop(POSITIONS, None)
+        raise
+    setattr(base, STATE, topo)
+    return topo

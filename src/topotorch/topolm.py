@@ -30,6 +30,7 @@ from . import metrics as M
 from .checkpoint import Checkpointer, check_same_config, save_model
 from .costs.correlation import SpatialCorrelationLoss, correlation_matrix
 from .gpt import GPT, GPTConfig
+from .hooks import record
 from .layout import atomic_write_text
 from .relocate import swap_optimize
 from .train import CSVLog, TrainingDiverged, tensorboard_writer
@@ -142,19 +143,15 @@ def lr_at(step: int, cfg: TopoLMConfig) -> float:
 @torch.no_grad()
 def record_sheets(model: GPT, modules, x: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
     """Outputs of the given modules for inputs ``x (N, T)``: one ``(N, T, n)`` tensor per module."""
-    got = [[] for _ in modules]
-    hooks = [m.register_forward_hook(lambda mod, a, o, k=k: got[k].append(o.detach().float().cpu()))
-             for k, m in enumerate(modules)]
     was = model.training
     model.eval()
     try:
-        for i in range(0, len(x), batch):
-            model(x[i:i + batch])
+        with record(list(modules), None, device="cpu") as got:
+            for i in range(0, len(x), batch):
+                model(x[i:i + batch])
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was)
-    return [torch.cat(g) for g in got]
+    return [torch.cat(got[str(k)]).float() for k in range(len(modules))]
 
 
 def _checksum(model) -> str:
@@ -186,7 +183,7 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     if cfg.positions == "swap" and alpha > 0:
         sheets, info = _preoptimise(model, sheets, tokens, cfg, device)
     sl = None if alpha == 0 else SpatialCorrelationLoss(
-        [(n, m, lay) for n, m, lay in sheets], alpha=alpha, mode=cfg.mode, kind=cfg.kind,
+        [(n, m, lay) for n, m, lay in sheets], alpha=alpha, model=model, mode=cfg.mode, kind=cfg.kind,
         neighbourhoods=cfg.neighbourhoods, radius=cfg.radius, generator=torch.Generator().manual_seed(cfg.seed + 7 * rank))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

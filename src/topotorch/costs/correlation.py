@@ -21,9 +21,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..hooks import UNITS, as_units, resolve_modules
 from ..layout import Layout, distance
 
-__all__ = ["correlation_matrix", "covariance", "pair_loss", "centred_distance", "SpatialCorrelationLoss", "inverse_distance"]
+__all__ = ["correlation_matrix", "covariance", "pair_loss", "centred_distance", "SpatialCorrelationLoss", "inverse_distance",
+           "unwrap_compiled"]
 
 EPS = 1e-12
 
@@ -231,13 +233,16 @@ def pair_loss(r: torch.Tensor, D: torch.Tensor, kind: str = "relative") -> torch
 
 
 class _Sheet:
-    """One hooked module: its layout, weight, and precomputed distances / neighbourhoods."""
+    """One hooked module: its name, layout, weight, units kind, and precomputed distances / neighbourhoods."""
 
-    def __init__(self, name: str, module: nn.Module, layout: Layout, alpha: float, radius: float, transform=None):
+    def __init__(self, name: str, module: nn.Module, layout: Layout, alpha: float, radius: float, units="features"):
         self.name, self.module, self.layout, self.alpha, self.radius = name, module, layout, alpha, radius
-        self.transform = transform  # output → (samples, units); default: the last dimension holds the units
+        self.units = units  # a kind of :func:`topotorch.hooks.as_units`, or callable(output) -> (samples, units)
         self.acts: torch.Tensor | None = None
         self.refresh()
+
+    def to_units(self, out) -> torch.Tensor:
+        return self.units(out) if callable(self.units) else as_units(out, self.units)
 
     def refresh(self) -> None:
         """Recompute distances and neighbourhoods (after the positions changed)."""
@@ -301,24 +306,35 @@ class SpatialCorrelationLoss:
 
     Two lines, as topoloss::
 
-        sl = SpatialCorrelationLoss({model.blocks[0].mlp: layout.grid(16, 16, spacing=1), ...}, alpha=2.5)
+        sl = SpatialCorrelationLoss({"blocks.0.mlp": layout.grid(16, 16, spacing=1), ...}, alpha=2.5, model=model)
         loss = task_loss + sl()        # from the activations of the last forward pass
 
+    A sheet is named by its module's path in ``model.named_modules()`` (``"blocks.0.mlp"``) when ``model`` is
+    given; per-sheet weights are keyed by those names, and a name that is not a sheet (or a sheet without a
+    weight) raises. Exactly one forward pass with autograd on may run between two loss calls: a second one
+    raises (for gradient accumulation compute the loss and call ``backward`` per micro-batch); :meth:`clear`
+    drops the activations of an abandoned pass.
+
     Args:
-        sheets: module → :class:`Layout` of its output units (last dimension of the output), or a list of
-            ``(name, module, layout)`` or ``(name, module, layout, transform)`` with ``transform(output)``
-            giving ``(samples, units)``.
-        alpha: one weight for all sheets, or a mapping name → weight.
+        sheets: module (or, with ``model``, its name) → :class:`Layout` of its output units, or a list of
+            ``(name, module, layout)`` or ``(name, module, layout, units)`` with ``units`` a kind of
+            :func:`topotorch.hooks.as_units` (default ``"features"``: the last dimension) or a callable
+            ``output -> (samples, units)``.
+        alpha: one weight for all sheets, or a mapping name → weight naming every sheet.
         mode: ``"exact"`` (whole sheet) or ``"sampled"`` (``neighbourhoods`` windows of sup-norm ``radius``
             per sheet per call, as TopoLM).
         kind: ``"relative"`` or ``"absolute"``.
+        generator: the window sampler's generator (checkpoint :attr:`generator` to resume exactly).
         capture: when forward passes are recorded: ``"grad"`` (only with autograd on, the default, so that
             evaluation under ``no_grad`` costs nothing) or ``"always"``.
+        model: the model the sheets belong to; names sheets by path. A compiled model
+            (``torch.compile``) is unwrapped and TorchDynamo's caches are reset so that compiled code is
+            retraced with the hooks (hooks added after compiling are otherwise skipped).
     """
 
     def __init__(self, sheets, alpha: float | Mapping[str, float] = 1.0, mode: str = "exact",
                  kind: str = "relative", neighbourhoods: int = 5, radius: float = 5.0,
-                 generator: torch.Generator | None = None, capture: str = "grad"):
+                 generator: torch.Generator | None = None, capture: str = "grad", model: nn.Module | None = None):
         if mode not in ("exact", "sampled"):
             raise ValueError(f"mode must be 'exact' or 'sampled', got {mode!r}")
         if kind not in ("relative", "absolute"):
@@ -327,30 +343,73 @@ class SpatialCorrelationLoss:
             raise ValueError(f"capture must be 'grad' or 'always', got {capture!r}")
         if neighbourhoods < 1 or radius <= 0:
             raise ValueError("neighbourhoods must be ≥ 1 and radius positive")
-        items = list(sheets.items()) if isinstance(sheets, Mapping) else list(sheets)
+        base = unwrap_compiled(model) if model is not None else None
+        if isinstance(sheets, Mapping):
+            if base is not None:
+                names = resolve_modules(base, list(sheets))
+                items = [(n, m, sheets[k]) for (n, m), k in zip(names.items(), sheets)]
+            else:
+                if any(isinstance(k, str) for k in sheets):
+                    raise ValueError("sheets given by name need model= to find the modules")
+                items = [(f"sheet{i}", m, lay) for i, (m, lay) in enumerate(sheets.items())]
+        else:
+            items = [tuple(it) for it in sheets]
         if not items:
             raise ValueError("no sheets given")
+        names = [it[0] for it in items]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sheet names must be unique, got {names}")
+        if isinstance(alpha, Mapping):
+            unknown = sorted(set(alpha) - set(names))
+            if unknown:
+                hint = "" if base is not None else " (pass model= to name sheets by their module path)"
+                raise ValueError(f"alpha names {unknown} are not sheets; the sheets are {names}{hint}")
+            missing = [n for n in names if n not in alpha]
+            if missing:
+                raise ValueError(f"alpha has no weight for sheet(s) {missing}; give every sheet a weight (0 turns one off)")
         self.sheets: list[_Sheet] = []
-        for i, item in enumerate(items):
-            item = (f"sheet{i}", *item) if len(item) == 2 else tuple(item)
-            name, module, lay, transform = item if len(item) == 4 else (*item, None)
-            a = alpha.get(name, 0.0) if isinstance(alpha, Mapping) else float(alpha)
-            self.sheets.append(_Sheet(name, module, lay, a, radius, transform))
-        self.mode, self.kind, self.k, self.generator, self.capture = mode, kind, neighbourhoods, generator, capture
+        for item in items:
+            if len(item) not in (3, 4):
+                raise ValueError(f"a sheet is (name, module, layout[, units]), got {len(item)} items")
+            name, module, lay = item[:3]
+            units = item[3] if len(item) == 4 and item[3] is not None else "features"
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"sheet {name}: expected an nn.Module, got {type(module).__name__}")
+            if not isinstance(lay, Layout):
+                raise TypeError(f"sheet {name}: expected a Layout, got {type(lay).__name__}")
+            if not callable(units) and units not in UNITS:
+                raise ValueError(f"sheet {name}: units must be one of {UNITS} or a callable, got {units!r}")
+            a = float(alpha[name]) if isinstance(alpha, Mapping) else float(alpha)
+            self.sheets.append(_Sheet(name, module, lay, a, radius, units))
+        self.mode, self.kind, self.k, self.capture = mode, kind, neighbourhoods, capture
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self._hooks = [s.module.register_forward_hook(self._make_hook(s)) for s in self.sheets]
+        if model is not None and base is not model or _dynamo_used():
+            _reset_dynamo()
         self._cache: dict = {}
         self.last_values: list = []
 
     def _make_hook(self, sheet: _Sheet):
         def hook(module, args, out):
             if self.capture == "always" or torch.is_grad_enabled():
-                out = out[0] if isinstance(out, tuple) else out
-                X = sheet.transform(out) if sheet.transform is not None else out.reshape(-1, out.shape[-1])
+                if sheet.acts is not None:
+                    sheet.acts = None
+                    raise RuntimeError(
+                        f"sheet {sheet.name}: a second forward pass ran before the spatial loss of the first was "
+                        "computed; compute the loss (and backward) after every forward pass — for gradient "
+                        "accumulation, per micro-batch — run evaluation under torch.no_grad(), or call .clear() to "
+                        "drop an abandoned pass")
+                X = sheet.to_units(out)
                 if X.shape[-1] != sheet.layout.n:
                     raise ValueError(f"sheet {sheet.name}: output has {X.shape[-1]} units, layout has "
                                      f"{sheet.layout.n}")
                 sheet.acts = X
         return hook
+
+    def clear(self) -> None:
+        """Forget the captured activations (of a forward pass whose loss will not be computed)."""
+        for s in self.sheets:
+            s.acts = None
 
     def _group_loss(self, g: _Group) -> torch.Tensor:
         """Losses ``(S,)`` of one group: all its correlations in one batched product, the loss in one batch."""
@@ -398,10 +457,14 @@ class SpatialCorrelationLoss:
         Sheets whose activations share a shape (all sheets of a transformer) are computed together in one
         batch; the per-sheet values are kept, detached, in :attr:`last_values`.
         """
+        if not self._hooks:
+            raise RuntimeError("this loss was removed (its hooks are gone); build a new one")
         missing = [s.name for s in self.sheets if s.acts is None]
         if missing:
             raise RuntimeError(f"sheet(s) {missing} have no activations: run a forward pass with grad enabled "
-                               "(or capture='always') before computing the loss")
+                               "(or capture='always') before computing the loss. If the model was compiled "
+                               "(torch.compile) before the hooks were added, pass model= (or call "
+                               "torch._dynamo.reset()) so that the compiled code is retraced with them")
         device = self.sheets[0].acts.device
         if any(s.acts.device != device for s in self.sheets):
             raise ValueError("all sheets' activations must be on one device")
@@ -432,18 +495,34 @@ class SpatialCorrelationLoss:
             s.refresh()
         self._cache.clear()
 
-    def set_layout(self, name: str, lay: Layout) -> None:
-        for s in self.sheets:
-            if s.name == name:
-                if lay.n != s.layout.n:
-                    raise ValueError(f"new layout has {lay.n} units, sheet {name} has {s.layout.n}")
-                s.layout = lay
-                s.refresh()
-                self._cache.clear()
-                return
-        raise KeyError(name)
-
     def remove(self) -> None:
+        """Remove the forward hooks (the loss cannot be called afterwards)."""
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        self.clear()
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) stands for; other modules unchanged."""
+    while hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module):
+        model = model._orig_mod
+    return model
+
+
+def _dynamo_used() -> bool:
+    """Whether TorchDynamo has compiled anything in this process (hooks added now would be skipped by it)."""
+    import sys
+    dyn = sys.modules.get("torch._dynamo.eval_frame")
+    if dyn is None:
+        return False
+    try:
+        from torch._dynamo.utils import counters
+        return bool(counters["stats"].get("unique_graphs", 0)) or bool(counters["frames"].get("ok", 0))
+    except Exception:  # private API: when unsure, treat compiled code as possibly present
+        return True
+
+
+def _reset_dynamo() -> None:
+    import torch._dynamo
+    torch._dynamo.reset()

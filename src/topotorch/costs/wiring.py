@@ -6,21 +6,25 @@
 
 with ``d`` the distance between the two units' positions (layout units), ``e`` the distance exponent
 (1 = linear as BIMT, 0.5 = sqrt, 2 = square, the three the locality-prior seed tried) and ``l0`` the
-layer gap. The factors ``A·d^e + l0`` are precomputed buffers on the weights' device and dtype: they never
-change, because relocation moves parameters between fixed slots rather than moving the slots.
+layer gap. The factors ``A·d^e + l0`` are computed once in float64 and cast, cached, to whatever device and
+dtype the weights have at each call, so the cost follows its model through ``.to()``, ``.double()``,
+``.half()``. They never change with relocation, which moves parameters between fixed slots.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
 from ..graph import NeuronGraph
 from ..layout import distance
 
 __all__ = ["WiringCost"]
 
 
-class WiringCost:
+class WiringCost(nn.Module):
     """BIMT's wiring cost over the weight layers of a :class:`NeuronGraph`.
 
     Args:
@@ -45,40 +49,51 @@ class WiringCost:
             raise ValueError(f"A and l0 must be non-negative, got A={A}, l0={l0}")
         if not graph.weights:
             raise ValueError("the graph has no weight layers to penalise")
+        super().__init__()
         penalize = [True] * len(graph.weights) if penalize is None else list(penalize)
         if len(penalize) != len(graph.weights):
             raise ValueError(f"penalize has {len(penalize)} entries for {len(graph.weights)} weight layers")
         self.graph, self.A, self.l0, self.exponent, self.p = graph, float(A), float(l0), float(exponent), p
         self.reduction, self.bias, self.penalize = reduction, bool(bias), penalize
-        self._geom: list[torch.Tensor] = []    # A·d^e, (dst.n, src.n): the position-dependent part
-        self._factor: list[torch.Tensor] = []  # scale·(A·d^e + l0) broadcastable to the weight
-        self._bscale: list[float] = []
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild the distance buffers (after changing layouts, device or dtype of the model)."""
-        self._geom.clear(); self._factor.clear(); self._bscale.clear()
+        """Recompute the distance factors (after changing layouts)."""
+        self._geom64: list[torch.Tensor] = []  # scale·A·d^e, (dst.n, src.n): the position-dependent part
+        self._bscale: list[float] = []
+        self._cache: dict = {}
         for w, on in zip(self.graph.weights, self.penalize):
             W = w.weight
             d = distance(self.graph.layers[w.dst].layout, self.graph.layers[w.src].layout, p=self.p)
-            geom = self.A * d.pow(self.exponent)
             scale = (1.0 / W.numel() if self.reduction == "mean" else 1.0) if on else 0.0
-            extra = (1,) * (W.dim() - 2)
-            self._geom.append((scale * geom).to(W.device, W.dtype))
-            self._factor.append((scale * (geom + self.l0)).reshape(*geom.shape, *extra).to(W.device, W.dtype))
+            self._geom64.append(scale * self.A * d.pow(self.exponent))
             b = w.bias
             bscale = 1.0 / b.numel() if (b is not None and self.reduction == "mean") else 1.0
             self._bscale.append(bscale if on else 0.0)
 
+    def _factors(self, k: int, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(geometry, full factor broadcastable to ``W``) of weight layer ``k`` on ``W``'s device and dtype."""
+        key = (k, W.device, W.dtype)
+        got = self._cache.get(key)
+        if got is None:
+            w = self.graph.weights[k]
+            scale = (1.0 / W.numel() if self.reduction == "mean" else 1.0) if self.penalize[k] else 0.0
+            geom = self._geom64[k]
+            full = (geom + scale * self.l0).reshape(*geom.shape, *(1,) * (W.dim() - 2))
+            got = self._cache[key] = (geom.to(W.device, W.dtype), full.to(W.device, W.dtype))
+        return got
+
     def geometry(self, k: int) -> torch.Tensor:
-        """Position-dependent factor of weight layer ``k``, ``(dst.n, src.n)``, including the reduction scale."""
-        return self._geom[k]
+        """Position-dependent factor of weight layer ``k``, ``(dst.n, src.n)``, including the reduction scale,
+        on the weight's device and dtype."""
+        return self._factors(k, self.graph.weights[k].weight)[0]
 
     def value(self, bias: bool | None = None) -> torch.Tensor:
         """The cost as a differentiable scalar (autograd path)."""
         bias = self.bias if bias is None else bias
         total = None
-        for w, f, bs in zip(self.graph.weights, self._factor, self._bscale):
+        for k, (w, bs) in enumerate(zip(self.graph.weights, self._bscale)):
+            f = self._factors(k, w.weight)[1]
             c = (w.weight.abs() * f).sum()
             if bias and w.bias is not None and bs:
                 c = c + self.l0 * bs * w.bias.abs().sum()
@@ -95,8 +110,12 @@ class WiringCost:
         if scale == 0:
             return
         bias = self.bias if bias is None else bias
-        for w, f, bs in zip(self.graph.weights, self._factor, self._bscale):
+        for k, (w, bs) in enumerate(zip(self.graph.weights, self._bscale)):
             W = w.weight
+            if parametrize.is_parametrized(w.module, w.weight_name):
+                raise ValueError(f"weight layer {w.name or k} is computed (e.g. parametrized), so its .grad is not "
+                                 "the parameter's: use (loss + scale * cost()).backward() instead of add_grad_")
+            f = self._factors(k, W)[1]
             if W.grad is None:
                 W.grad = torch.zeros_like(W)
             W.grad.addcmul_(torch.sign(W), f, value=scale)
@@ -106,5 +125,5 @@ class WiringCost:
                     b.grad = torch.zeros_like(b)
                 b.grad.add_(torch.sign(b), alpha=scale * self.l0 * bs)
 
-    def __call__(self) -> torch.Tensor:
-        return self.value()
+    def forward(self, bias: bool | None = None) -> torch.Tensor:
+        return self.value(bias)

@@ -14,6 +14,7 @@ from scipy import stats
 from ..metrics import spatial_variance
 from ..models import LeNet
 from ..checkpoint import save_model
+from ..hooks import record
 from ..train import accuracy, fit_classifier, make_optimizer
 from .common import load_dataset, start_run, write_json
 
@@ -49,14 +50,11 @@ class LocalityConfig:
 
 def lp_maps(model: LeNet, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     """Post-ReLU LP activation maps ``(N, side²)`` of ``model`` in eval mode."""
-    got = []
-    h = model.act2.register_forward_hook(lambda m, i, o: got.append(o.detach()))
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), record({"act2": model.act2}) as got:
         for i in range(0, len(x), batch):
             model(x[i:i + batch])
-    h.remove()
-    return torch.cat(got)
+    return torch.cat(got["act2"])
 
 
 def run_locality(cfg: LocalityConfig, out, progress: bool = True) -> dict:

@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import metrics as M
 from ..checkpoint import save_model
+from ..hooks import record
 from ..topography import attach
 from ..train import accuracy, fit_classifier, make_optimizer
 from .common import load_dataset, start_run, write_json
@@ -64,12 +65,11 @@ SHEETS = ("conv1", "conv2")
 
 @torch.no_grad()
 def _responses(model, x, name):
-    got = []
-    h = getattr(model, name).register_forward_hook(lambda m, a, o: got.append(F.relu(o).flatten(1)))
+    """Post-ReLU responses ``(N, C·H·W)`` of sheet ``name`` in eval mode."""
     model.eval()
-    model(x)
-    h.remove()
-    return got[0]
+    with record({name: getattr(model, name)}, "locations") as got:
+        model(x)
+    return F.relu(got[name][0])
 
 
 def run_tdann(cfg: TDANNConfig, out, progress: bool = True) -> dict:
