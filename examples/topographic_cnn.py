@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import topotorch as tt  # topotorch
-from topotorch.checkpoint import load_model, save_model  # topotorch
+from topotorch.io import load_model, save_model  # topotorch
 from topotorch.data import digits
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import topotorch as tt
-from topotorch.checkpoint import load_model, save_model
+from topotorch.io import load_model, save_model
 from topotorch.gpt import GPT, GPTConfig
 from topotorch.topography import retinotopic
 

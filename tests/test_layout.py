@@ -50,7 +50,7 @@ def test_save_load_roundtrip(tmp_path):
     lay.save(tmp_path / "l.json")
     assert L.Layout.load(tmp_path / "l.json") == lay
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not a layout"):
+    with pytest.raises(ValueError, match="not a readable layout"):
         L.Layout.load(tmp_path / "bad.json")
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import topotorch as tt
-from topotorch import spatialnet as S
-from topotorch.checkpoint import save_model
+from topotorch.experiments import spatialnet as S
+from topotorch.io import save_model
 from topotorch.cli import main
 from topotorch.costs import proximity_cost, transport_cost
 
@@ -96,9 +96,22 @@ def test_workflow_errors_are_clear(tmp_path, capsys):
     assert "no such run directory" in capsys.readouterr().err
     with pytest.raises(ValueError, match="two"):
         S.SpatialConfig(tasks=["digits"]).validate()
-    from topotorch.recipes import run_recipe
-    with pytest.raises(ValueError, match="without --resume"):
-        run_recipe("spatial-two-task", tmp_path / "x", {}, resume=True)
+    (tmp_path / "config.json").write_text("[1, 2]")  # valid JSON, not an object
+    assert main(["record", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.json" in err[0] and "JSON object" in err[0]
+    (tmp_path / "config.json").write_text("{broken")
+    assert main(["score", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.json" in err[0] and "not a readable" in err[0]
+    two = tmp_path / "two"
+    for arm in ("spatial", "control"):
+        (two / arm).mkdir(parents=True)
+        (two / arm / "model.safetensors").write_bytes(b"x")
+    (two / "config.json").write_text(json.dumps({"config": {}}))
+    assert main(["plot", str(two)]) == 2
+    err = capsys.readouterr().err
+    assert "two-arm run" in err and str(two / "spatial") in err and str(two / "control") in err
 
 
 def test_paired_tasks_get_new_partners_every_epoch():

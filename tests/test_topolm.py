@@ -23,12 +23,16 @@ def test_quick_recipe_contract_and_claims(tmp_path):
     assert m["morans_i_topo"] >= 0.5 and m["morans_i_topo"] >= m["morans_i_control"] + 0.3
     assert m["smoothness_topo"] > m["smoothness_control"]
     for f in ("maps_noun_verb.png", "maps_language.png", "corr_distance.png", "curves.png",
-              "topo/model.safetensors", "topo/positions.json", "control/log.csv"):
+              "topo/model.safetensors", "control/log.csv"):
         assert (tmp_path / f).stat().st_size > 0, f
-    pos = json.loads((tmp_path / "topo" / "positions.json").read_text())
-    for lay in pos.values():  # positions are a permutation of the 10×10 grid
-        cells = sorted(map(tuple, lay["coords"]))
+    # positions live in the model's state_dict, one buffer per sheet: no side files
+    sd = load_file(str(tmp_path / "topo" / "model.safetensors"))
+    pos = {k: v for k, v in sd.items() if k.endswith("topo_positions")}
+    assert sorted(pos) == [f"blocks.{i}.{p}.topo_positions" for i in range(2) for p in ("attn", "mlp")]
+    for coords in pos.values():  # positions are a permutation of the 10×10 grid
+        cells = sorted(map(tuple, coords.tolist()))
         assert cells == sorted((float(x), float(y)) for y in range(10) for x in range(10))
+    assert not list(tmp_path.rglob("positions.json"))
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -40,7 +44,7 @@ def test_resume_continues_exactly(tmp_path):
     run_recipe("topolm", b, over, resume=True, progress=False)
     wa, wb = load_file(str(a / "topo" / "model.safetensors")), load_file(str(b / "topo" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    from topotorch.checkpoint import CheckpointError
+    from topotorch.io import CheckpointError
     with pytest.raises(CheckpointError, match="different config"):
         run_recipe("topolm", b, dict(over, lr=0.01), resume=True, progress=False)
 

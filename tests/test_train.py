@@ -5,11 +5,12 @@ import torch
 from safetensors.torch import load_file
 
 import topotorch as tt
-from topotorch.checkpoint import Checkpointer, CheckpointError, load_model
+from topotorch.io import Checkpointer, CheckpointError, load_model
 from topotorch.cli import main
 from topotorch.config import ConfigError, from_dict
 from topotorch.recipes import run_recipe
-from topotorch.train import BIMTConfig, TrainingDiverged, piecewise, train_bimt
+from topotorch.experiments.bimt import BIMTConfig, run_bimt as train_bimt
+from topotorch.train import TrainingDiverged, piecewise
 
 KEYS = {"recipe", "seed", "steps", "seconds", "train_loss", "test_loss", "params_total", "params_kept", "threshold",
         "wiring_length", "modularity_q", "dependencies", "modules"}

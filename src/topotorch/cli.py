@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .checkpoint import CheckpointError
+from .io import CheckpointError
 from .config import ConfigError, parse_sets
 
 __all__ = ["main"]
@@ -36,7 +36,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_workflow(args) -> int:
-    from . import spatialnet as S
+    from .experiments import spatialnet as S
     if args.cmd == "record":
         rec = S.record(args.run)
         print(f"recorded {len(rec) // 2} hidden layers → {args.run}/record.safetensors")

@@ -334,3 +334,30 @@ def hf_text(name: str = "HuggingFaceFW/fineweb-edu", config: str | None = "sampl
 
 
 __all__ += ["WORD_CLASSES", "TokenData", "grammar_corpus", "text_corpus", "hf_text"]
+
+
+# ---- classification datasets by name ---------------------------------------------------------------
+
+DATASETS: dict = {}
+
+
+def register_dataset(name: str):
+    """Register ``loader(seed, data_dir, download, flat) -> Split`` under ``name`` (recipes' ``data`` key)."""
+    def deco(fn):
+        DATASETS[name] = fn
+        return fn
+    return deco
+
+
+register_dataset("digits")(lambda seed, data_dir, download, flat: digits(seed, flat=flat))
+register_dataset("mnist")(lambda seed, data_dir, download, flat: mnist(data_dir, seed, download=download, flat=flat))
+register_dataset("mnist1d")(lambda seed, data_dir, download, flat: mnist1d(seed, flat=True))
+
+
+def load_dataset(name: str, seed: int, data_dir: str = "data/mnist", download: bool = True, flat: bool = False) -> Split:
+    """A classification :class:`Split` by name (a key of :data:`DATASETS`; add one with :func:`register_dataset`)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)} or register one with "
+                         "topotorch.data.register_dataset")
+    return DATASETS[name](seed, data_dir, download, flat)
+__all__ += ["DATASETS", "register_dataset", "load_dataset"]

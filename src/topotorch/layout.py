@@ -6,10 +6,7 @@ groups such as q/k/v sharing the same places). Distances between two layouts are
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -93,15 +90,13 @@ class Layout:
 
     def save(self, path) -> None:
         """Write the layout as JSON (atomically)."""
-        atomic_write_text(path, json.dumps(self.to_dict()))
+        from .io import write_json
+        write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path) -> "Layout":
-        try:
-            d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a layout JSON file ({e})") from None
-        return cls.from_dict(d)
+        from .io import read_json
+        return cls.from_dict(read_json(path, "layout file"))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Layout) and self.fold == other.fold and torch.equal(self.coords, other.coords)
@@ -206,11 +201,3 @@ def distance(a: Layout, b: Layout, p: float = 2.0, gap: float = 0.0) -> torch.Te
     else:
         d = diff.pow(p).sum(-1).pow(1 / p)
     return d.repeat(a.fold, b.fold)
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -16,7 +16,7 @@ from torch import nn
 from .graph import NeuronGraph
 from .layout import distance
 
-__all__ = ["Snapshot", "threshold", "count_kept", "connectivity", "dependencies", "modules", "module_extents", "extents_overlap",
+__all__ = ["Snapshot", "threshold", "connectivity", "dependencies", "modules", "module_extents", "extents_overlap",
            "modularity", "modularity_q", "wiring_length"]
 
 
@@ -51,12 +51,6 @@ def threshold(model: nn.Module, thr: float) -> Snapshot:
         total += p.numel()
         p.mul_(mask)
     return Snapshot(model, saved, kept, total)
-
-
-def count_kept(model: nn.Module, thr: float) -> tuple[int, int]:
-    """(parameters with ``|p| > thr``, all floating-point parameters)."""
-    ps = [p for p in model.parameters() if p.is_floating_point()]
-    return sum(int((p.abs() > thr).sum()) for p in ps), sum(p.numel() for p in ps)
 
 
 def _strength(w) -> torch.Tensor:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["MLP", "LeNet", "ACTIVATIONS"]
+__all__ = ["MLP", "LeNet", "SpatialNet", "ACTIVATIONS"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -70,3 +71,26 @@ class LeNet(nn.Module):
     def forward(self, x):
         h = self.act1(self.fc(self.features(x)))
         return self.head(self.act2(self.bn(self.lp(h))))
+
+
+class SpatialNet(nn.Module):
+    """An MLP whose every neuron has a learnable position (``positions[i]``: ``(n_i, dim)``).
+
+    The output layer holds ``tasks × classes`` logits, one head (slice) per task.
+    """
+
+    def __init__(self, shape: list[int], activation: str = "sigmoid", dim: int = 2, tasks: int = 2):
+        super().__init__()
+        self.net = MLP(shape, activation)
+        from .graph import embed
+        self.graph = embed(self.net)
+        self.positions = nn.ParameterList([nn.Parameter(torch.randn(n, dim)) for n in shape])
+        self.tasks, self.classes = tasks, shape[-1] // tasks
+        if self.classes * tasks != shape[-1]:
+            raise ValueError(f"output size {shape[-1]} is not tasks × classes for {tasks} tasks")
+
+    def forward(self, x):
+        return self.net(x)
+
+    def task_logits(self, logits: torch.Tensor, t: int) -> torch.Tensor:
+        return logits[:, t * self.classes:(t + 1) * self.classes]

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .layout import atomic_write_text
+from .io import atomic_write_text
 from .metrics import extents_overlap
 from .recipes import run_recipe
 

@@ -120,7 +120,7 @@ class Topography:
 
     @torch.no_grad()
     def optimize_positions(self, *inputs, windows: int = 50, swaps: int = 50, radius: float | None = None,
-                           seed: int = 0) -> dict:
+                           seed: int = 0, kind: str | None = None) -> dict:
         """TDANN's swap pre-optimisation on the responses to ``inputs``: positions are swapped inside local
         windows when that lowers the spatial loss; the buffers are updated. Returns per-module info."""
         from .relocate import swap_optimize
@@ -140,7 +140,8 @@ class Topography:
             lay = self.positions(e["name"])
             r = correlation_matrix(got[e["name"]][0].float().cpu())
             rad = radius if radius is not None else (2.0 if lay.kind != "retinotopic" else 2.0 * math.sqrt(lay.n) / 8)
-            new, info[e["name"]] = swap_optimize(r, lay, windows, swaps, rad, seed=seed)
+            k = kind or (self.correlation.kind if self.correlation is not None else "relative")
+            new, info[e["name"]] = swap_optimize(r, lay, windows, swaps, rad, kind=k, seed=seed)
             getattr(e["module"], POSITIONS).copy_(new.coords.to(getattr(e["module"], POSITIONS)))
         self.refresh()
         return info

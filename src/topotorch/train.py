@@ -1,42 +1,32 @@
-"""Training: BIMT's loop (AdamW, piecewise λ, swaps, bias-penalty start) with logs, checkpoints, resume.
+"""One training loop for every recipe and for users: :func:`fit`, read top to bottom.
 
-``train_bimt(config, out)`` runs one BIMT experiment end to end and writes ``metrics.json``,
-``network.png``, ``curves.png``, ``model.safetensors``, ``config.json`` and ``log.csv`` into ``out``.
+``fit`` runs ``steps`` optimizer steps of ``loss_fn(step, micro)`` (gradient accumulation over ``micro``),
+with callbacks around the optimizer step (a λ-scheduled wiring-cost gradient, BIMT relocation), CSV (and
+TensorBoard) logs, atomic safetensors checkpoints carrying every random state (torch's, the data and loss
+generators', the callbacks'), exact resume, a NaN/inf stop that keeps the last good checkpoint, autocast and
+DDP. Data order must be a function of the step (see :class:`Batches`) or drawn from a checkpointed generator,
+so a resumed run continues exactly as a straight one.
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
+import math
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data as D
-from . import metrics as M
-from .checkpoint import Checkpointer, check_same_config, save_model
-from .costs import WiringCost
-from .graph import embed
-from .layout import atomic_write_text
-from .models import MLP
-from .plot import draw_network, plot_curves
-from .relocate import relocate
+from .io import Checkpointer
 
-__all__ = ["make_optimizer", "tensorboard_writer", "accuracy", "fit_classifier", "BIMTConfig", "train_bimt", "TrainingDiverged", "finish_bimt", "piecewise", "CSVLog", "VARIANTS"]
+__all__ = ["fit", "Callback", "WiringPenalty", "Relocation", "Batches", "TrainingDiverged", "CSVLog",
+           "make_optimizer", "accuracy", "piecewise", "tensorboard_writer"]
 
-# BIMT's ablation (seed 003's train_type 1–5): (L1 on, distance term in training, swaps on).
-VARIANTS = {
-    "none": (False, False, False),
-    "l1": (True, False, False),
-    "l1-local": (True, True, False),
-    "l1-swap": (True, False, True),
-    "full": (True, True, True),
-}
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 OPTIMIZERS = {
@@ -64,56 +54,6 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> floa
     return correct / len(x)
 
 
-def fit_classifier(model, x, y, epochs: int, batch_size: int, optimizer, seed: int = 0, extra_loss=None,
-                   loss_fn=None, progress: bool = True, desc: str = "train", x_test=None, y_test=None,
-                   on_step=None, epoch_data=None) -> list[dict]:
-    """Minibatch training with cross-entropy (or ``loss_fn(model, xb, yb)``) plus ``extra_loss()``.
-
-    Shuffles with its own seeded generator; ``epoch_data(epoch) -> (x, y)``, when given, supplies each
-    epoch's training set (e.g. freshly paired tasks). Returns one ``{epoch, train_loss, test_accuracy}``
-    per epoch. A non-finite loss raises :class:`TrainingDiverged`.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    loss_fn = loss_fn or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
-    history = []
-    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-    bar = tqdm(total=steps, disable=not progress, desc=desc, unit="step", mininterval=0.5)
-    step = 0
-    for epoch in range(epochs):
-        model.train()
-        if epoch_data is not None:
-            x, y = epoch_data(epoch)
-        perm = torch.randperm(len(x), generator=gen)
-        tot, n = 0.0, 0
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, x[idx], y[idx])
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"{desc}: loss became {loss.item()} in epoch {epoch}; stopped")
-            loss.backward()
-            optimizer.step()
-            if on_step is not None:
-                on_step(step)
-            step += 1
-            tot += loss.item() * len(idx)
-            n += len(idx)
-            bar.update(1)
-        rec = {"epoch": epoch, "train_loss": tot / n}
-        if x_test is not None:
-            rec["test_accuracy"] = accuracy(model, x_test, y_test)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k != "epoch"})
-        history.append(rec)
-    bar.close()
-    return history
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
 def piecewise(base: float, schedule, steps: int):
     """λ(step) = base × Π factor over milestones ``int(frac·steps) ≤ step`` (BIMT: ×10 at ¼, ×0.1 at ¾)."""
     marks = [(int(frac * steps), factor) for frac, factor in schedule]
@@ -125,6 +65,28 @@ def piecewise(base: float, schedule, steps: int):
                 v *= f
         return v
     return at
+
+
+class Batches:
+    """Minibatch indices as a function of the step: epoch ``e`` is a permutation of ``range(n)`` drawn from
+    a generator seeded by ``(seed, e)``, so resuming at any step needs no sampler state."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"need n ≥ 1 and batch_size ≥ 1, got {n}, {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = math.ceil(n / batch_size)
+        self._epoch, self._perm = -1, None
+
+    def epoch(self, step: int) -> int:
+        return step // self.per_epoch
+
+    def __call__(self, step: int) -> torch.Tensor:
+        e, i = divmod(step, self.per_epoch)
+        if e != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            self._epoch, self._perm = e, torch.randperm(self.n, generator=g)
+        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
 
 
 def tensorboard_writer(out, enabled: bool):
@@ -139,26 +101,36 @@ def tensorboard_writer(out, enabled: bool):
 
 
 class CSVLog:
-    """Append-only CSV log (mirrored to TensorBoard when a writer is given); on resume, rows after the
-    restart step are dropped first."""
+    """Append-only CSV log (mirrored to TensorBoard when a writer is given). Columns are those of the first
+    row; on resume, rows from the restart step on are dropped first, so the log equals a straight run's."""
 
-    def __init__(self, path, fields: list[str], resume_step: int | None = None, tensorboard=None):
-        self.path, self.fields, self.tb = Path(path), fields, tensorboard
+    def __init__(self, path, resume_step: int | None = None, tensorboard=None):
+        self.path, self.tb = Path(path), tensorboard
+        self.rows: list[dict] = []
         if resume_step is not None and self.path.exists():
             with open(self.path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) < resume_step]
-        else:
-            rows = []
+                self.rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) < resume_step]
+        self.fields = list(self.rows[0]) if self.rows else None
+        self._fh = self._w = None
+        if self.fields:
+            self._open()
+        elif self.path.exists():
+            self.path.unlink()
+
+    def _open(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fields)
+            w = csv.DictWriter(fh, self.fields)
             w.writeheader()
-            w.writerows(rows)
+            w.writerows(self.rows)
         tmp.replace(self.path)
         self._fh = open(self.path, "a", newline="")
-        self._w = csv.DictWriter(self._fh, fields)
+        self._w = csv.DictWriter(self._fh, self.fields)
 
     def write(self, row: dict) -> None:
+        if self.fields is None:
+            self.fields = list(row)
+            self._open()
         self._w.writerow(row)
         self._fh.flush()
         if self.tb is not None:
@@ -167,160 +139,186 @@ class CSVLog:
                     self.tb.add_scalar(k, v, int(row["step"]))
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
         if self.tb is not None:
             self.tb.close()
 
 
-@dataclass
-class BIMTConfig:
-    """One BIMT run (defaults: seed 003's independence task)."""
+class Callback:
+    """Hooks of :func:`fit`. ``before_step`` runs after the backward pass (gradient edits), ``after_step``
+    after the optimizer step (e.g. relocation); ``log`` adds columns; ``state_dict`` is checkpointed."""
 
-    recipe: str = "independence"
-    task: str = "independence"        # a key of topotorch.data.SYMBOLIC
-    seed: int = 0
-    shape: list[int] = field(default_factory=lambda: [4, 20, 20, 2])
-    activation: str = "silu"
-    in_fold: int = 1
-    layout: Literal["line", "grid"] = "line"
-    n_train: int = 100
-    n_test: int = 100
-    steps: int = 20000
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    lam: float = 1e-3                 # λ before the schedule
-    lam_schedule: list[list[float]] = field(default_factory=lambda: [[0.25, 10.0], [0.75, 0.1]])
-    bias_penalty_start: float = 0.75  # fraction of steps after which biases are penalised
-    swap_interval: int = 200
-    top_k: int = 5
-    relocate_method: Literal["greedy", "assignment"] = "greedy"
-    A: float = 1.0
-    l0: float = 0.1
-    exponent: float = 1.0
-    reduction: Literal["sum", "mean"] = "sum"
-    no_penalize_last: bool = False
-    variant: Literal["none", "l1", "l1-local", "l1-swap", "full"] = "full"
-    threshold: float = 1e-2
-    log_interval: int = 200
-    checkpoint_interval: int = 2000
-    threads: int = 1
-    tensorboard: bool = False         # also log to out/tb (pip install 'topotorch[tensorboard]')
+    def before_step(self, step: int) -> None: ...
 
-    def validate(self) -> None:
-        if self.task not in D.SYMBOLIC:
-            raise ValueError(f"task must be one of {sorted(D.SYMBOLIC)}, got {self.task!r}")
-        d_in, f, _ = D.SYMBOLIC[self.task]
-        n_out = D.symbolic(self.task, 0, 1, 1).y_train.shape[1]
-        if len(self.shape) < 2 or self.shape[0] != d_in or self.shape[-1] != n_out:
-            raise ValueError(f"shape {self.shape} does not fit task {self.task!r}: needs {d_in} inputs and "
-                             f"{n_out} outputs")
-        for k in ("steps", "swap_interval", "top_k", "log_interval", "checkpoint_interval", "threads"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be ≥ 1, got {getattr(self, k)}")
-        if self.lr <= 0 or self.lam < 0 or self.threshold < 0:
-            raise ValueError("lr must be positive, lam and threshold non-negative")
-        for item in self.lam_schedule:
-            if len(item) != 2 or not 0 <= item[0] <= 1:
-                raise ValueError(f"lam_schedule entries are [fraction in 0..1, factor], got {item}")
-        if self.shape[0] % self.in_fold:
-            raise ValueError(f"in_fold {self.in_fold} does not divide the input size {self.shape[0]}")
+    def after_step(self, step: int) -> None: ...
+
+    def log(self, step: int) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
-def _finite(x: torch.Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
+class WiringPenalty(Callback):
+    """Adds ``λ(step)·∂cost/∂W`` to the gradients in place (BIMT); biases from ``bias_start`` on."""
+
+    def __init__(self, cost, lam_at: Callable[[int], float], bias_start: int = 0):
+        self.cost, self.lam_at, self.bias_start = cost, lam_at, bias_start
+
+    def before_step(self, step: int) -> None:
+        self.cost.add_grad_(self.lam_at(step), bias=step >= self.bias_start)
+
+    def log(self, step: int) -> dict:
+        with torch.no_grad():
+            return {"cost": self.cost.value(bias=step >= self.bias_start).item(), "lam": self.lam_at(step)}
 
 
-def train_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) -> dict:
-    """Train one BIMT model and write the run directory; returns the metrics dict."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
-    conf = dataclasses.asdict(cfg)
-    ckpt = Checkpointer(out)
-    if resume:
-        check_same_config(out, conf)
-    last = ckpt.resume_point(resume)
+class Relocation(Callback):
+    """BIMT's function-preserving swaps every ``every`` steps; counts the units moved (``swaps``)."""
 
+    def __init__(self, graph, cost, optimizer, every: int = 200, top_k: int = 5, method: str = "greedy"):
+        from .relocate import relocate
+        self._relocate = relocate
+        self.graph, self.cost, self.optimizer = graph, cost, optimizer
+        self.every, self.top_k, self.method = every, top_k, method
+        self.swaps = 0
+
+    def after_step(self, step: int) -> None:
+        if (step + 1) % self.every == 0:
+            self.swaps += self._relocate(self.graph, self.cost, self.top_k, self.method, optimizer=self.optimizer)
+
+    def log(self, step: int) -> dict:
+        return {"swaps": self.swaps}
+
+    def state_dict(self) -> dict:
+        return {"swaps": self.swaps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.swaps = int(state.get("swaps", 0))
+
+
+def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[int, int], torch.Tensor],
+        steps: int, *, out=None, resume: bool = False, callbacks: Sequence[Callback] = (),
+        generators: dict[str, torch.Generator] | None = None, evaluate: Callable[[int], dict] | None = None,
+        log_every: int = 100, checkpoint_every: int = 1000, grad_accum: int = 1, grad_clip: float = 0.0,
+        lr_at: Callable[[int], float] | None = None, autocast: torch.dtype | None = None,
+        ddp_model: torch.nn.Module | None = None, progress: bool = True, desc: str = "train",
+        tensorboard: bool = False) -> dict:
+    """Train ``model`` for ``steps`` optimizer steps; returns ``{"step", "seconds", "resumed_from"}``.
+
+    Args:
+        loss_fn: ``(step, micro) -> loss`` for micro-batch ``micro`` of ``grad_accum`` (forward inside).
+        out: run directory for ``log.csv`` and ``checkpoints/`` (``None``: train in memory only).
+        resume: continue from the newest intact checkpoint in ``out`` (a finished run loads and returns).
+        generators: every generator the data or the loss draws from, by name (checkpointed per rank).
+        evaluate: ``step -> dict`` of figures for the log (rank 0 only, at ``log_every``).
+        lr_at: learning rate per step (all parameter groups).
+        autocast: e.g. ``torch.bfloat16`` for mixed precision on the model's device.
+        ddp_model: the ``DistributedDataParallel`` wrapper whose forward ``loss_fn`` uses (gradients are
+            synchronised on the last micro-batch only); rank 0 writes logs and checkpoints.
+    The log's ``train_loss`` is the mean loss over the steps since the previous row.
+    """
+    if steps < 0 or grad_accum < 1 or log_every < 1 or checkpoint_every < 1:
+        raise ValueError("steps must be ≥ 0, grad_accum, log_every and checkpoint_every ≥ 1")
+    import torch.distributed as dist
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    generators = dict(generators or {})
+    device = next(iter(model.parameters())).device
+    ckpt = Checkpointer(out) if out is not None else None
+    start, seconds_before, resumed_from, carried = 0, 0.0, None, [0.0, 0]
+    if ckpt is not None:
+        if rank == 0:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        ckpt.resume_point(resume)  # refuses to start afresh over a run's checkpoints
+        st = ckpt.load_latest(model, optimizer) if resume else None
+        if st is not None:
+            start, resumed_from = st["step"], str(st["path"])
+            extra = st["extra"]
+            seconds_before = float(extra.get("seconds", 0.0))
+            carried = extra.get("running", [0.0, 0])
+            for cb, s in zip(callbacks, extra.get("callbacks", [])):
+                cb.load_state_dict(s)
+            for name, g in generators.items():
+                key = f"{name}/{rank}" if f"{name}/{rank}" in st["tensors"] else f"{name}/0"
+                if key not in st["tensors"]:
+                    raise RuntimeError(f"checkpoint {st['path']} holds no state for generator {name!r}")
+                g.set_state(st["tensors"][key])
+    if start > steps:
+        raise RuntimeError(f"the checkpoint is at step {start}, past the run's {steps} steps")
+
+    def save(step: int) -> None:
+        states = {}
+        for name, g in generators.items():
+            if distributed:
+                got = [None] * world
+                dist.all_gather_object(got, g.get_state())
+                states.update({f"{name}/{r}": s for r, s in enumerate(got)})
+            else:
+                states[f"{name}/0"] = g.get_state()
+        if rank == 0:
+            ckpt.save(step, model, optimizer, {"seconds": seconds_before + time.time() - t0,
+                                               "callbacks": [cb.state_dict() for cb in callbacks],
+                                               "running": [running.item(), counted]}, states)
+
+    log = CSVLog(Path(out) / "log.csv", resume_step=start if resume else None,
+                 tensorboard=tensorboard_writer(out, tensorboard)) if ckpt is not None and rank == 0 else None
+    amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
+    net = ddp_model if ddp_model is not None else model
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, unit="step", mininterval=1.0,
+               disable=not progress or rank != 0)
     t0 = time.time()
-    data = D.symbolic(cfg.task, cfg.seed, cfg.n_train, cfg.n_test)
-    torch.manual_seed(cfg.seed)
-    model = MLP(cfg.shape, cfg.activation)
-    graph = embed(model, cfg.layout, in_fold=cfg.in_fold)
-    l1_on, local_on, swap_on = VARIANTS[cfg.variant]
-    penalize = [True] * (len(graph.weights) - 1) + [not cfg.no_penalize_last]
-    cost_args = dict(l0=cfg.l0, exponent=cfg.exponent, reduction=cfg.reduction, penalize=penalize)
-    cost = WiringCost(graph, A=cfg.A if local_on else 0.0, **cost_args)
-    # Swaps use the training cost; only the l1-swap ablation (no distance term in training) needs the
-    # geometry for relocation, or its swaps would all be no-ops.
-    reloc_cost = cost if local_on else WiringCost(graph, A=cfg.A, **cost_args)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lam_at = piecewise(cfg.lam if l1_on else 0.0, cfg.lam_schedule, cfg.steps)
-    bias_start = int(cfg.bias_penalty_start * cfg.steps)
-
-    start, elapsed_before = 0, 0.0
-    if last is not None:
-        st = ckpt.load(last, model, opt)
-        start, elapsed_before = st["step"], st["extra"].get("seconds", 0.0)
-    atomic_write_text(out / "config.json", json.dumps({"config": conf, "layouts": graph.state_dict()}, indent=1))
-    log = CSVLog(out / "log.csv", ["step", "train_loss", "test_loss", "cost", "lam", "swaps"],
-                 resume_step=start if resume else None, tensorboard=tensorboard_writer(out, cfg.tensorboard))
-    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
-    swaps = 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
-               desc=f"{cfg.recipe}[{cfg.variant}]", unit="step", mininterval=0.5)
+    # the mean train loss since the last log row carries over a checkpoint, so resumed logs equal straight ones
+    running, counted = torch.full((), float(carried[0]), device=device), int(carried[1])
+    model.train()
     try:
         for step in bar:
-            lam = lam_at(step)
-            opt.zero_grad(set_to_none=False)
-            loss = F.mse_loss(model(x), y)
-            if not _finite(loss):
-                last = ckpt.latest()
-                raise TrainingDiverged(f"loss became {loss.item()} at step {step}; stopped. Last good "
-                                       f"checkpoint: {last if last else 'none (diverged before the first)'}")
-            loss.backward()
-            cost.add_grad_(lam, bias=step >= bias_start)
-            opt.step()
-            if swap_on and (step + 1) % cfg.swap_interval == 0:
-                swaps += relocate(graph, reloc_cost, cfg.top_k, cfg.relocate_method, optimizer=opt)
-            if step % cfg.log_interval == 0 or step == cfg.steps - 1:
-                with torch.no_grad():
-                    tl = F.mse_loss(model(xt), yt).item()
-                    cv = cost.value(bias=step >= bias_start).item()
-                log.write({"step": step, "train_loss": loss.item(), "test_loss": tl, "cost": cv, "lam": lam,
-                           "swaps": swaps})
-                bar.set_postfix(train=f"{loss.item():.2e}", test=f"{tl:.2e}", cost=f"{cv:.3g}")
-            if (step + 1) % cfg.checkpoint_interval == 0 and step + 1 < cfg.steps:
-                ckpt.save(step + 1, model, opt, {"seconds": elapsed_before + time.time() - t0})
+            if lr_at is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
+            for micro in range(grad_accum):
+                sync = nullcontext() if ddp_model is None or micro == grad_accum - 1 else net.no_sync()
+                with sync:
+                    with amp:
+                        loss = loss_fn(step, micro)
+                    if not torch.isfinite(loss):
+                        last = ckpt.latest() if ckpt is not None else None
+                        raise TrainingDiverged(f"loss became {loss.item()} at step {step}; stopped. Last good "
+                                               f"checkpoint: {last if last else 'none (diverged before the first)'}")
+                    (loss / grad_accum).backward()
+                running += loss.detach() / grad_accum
+            for cb in callbacks:
+                cb.before_step(step)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for cb in callbacks:
+                cb.after_step(step)
+            counted += 1
+            if (step % log_every == 0 or step == steps - 1) and rank == 0:
+                row = {"step": step, "train_loss": running.item() / counted}
+                if evaluate is not None:
+                    row.update(evaluate(step))
+                for cb in callbacks:
+                    row.update(cb.log(step))
+                if log is not None:
+                    log.write(row)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "step" and isinstance(v, float)})
+                running.zero_()
+                counted = 0
+            elif step % log_every == 0 or step == steps - 1:
+                running.zero_()
+                counted = 0
+            if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                save(step + 1)
     finally:
-        log.close()
         bar.close()
-    seconds = elapsed_before + time.time() - t0
-    ckpt.save(cfg.steps, model, opt, {"seconds": seconds})
-    return finish_bimt(cfg, out, model, graph, data, seconds)
-
-
-@torch.no_grad()
-def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds: float) -> dict:
-    """Evaluate, prune at ``cfg.threshold``, analyse and write every artefact of a BIMT run."""
-    train_loss = F.mse_loss(model(data.x_train), data.y_train).item()
-    test_loss = F.mse_loss(model(data.x_test), data.y_test).item()
-    save_model(model, out / "model.safetensors")
-    snap = M.threshold(model, cfg.threshold)
-    pruned_test = F.mse_loss(model(data.x_test), data.y_test).item()
-    q, _ = M.modularity(graph, 0.0)
-    mods = M.modules(graph, 0.0)
-    metrics = {
-        "recipe": cfg.recipe, "variant": cfg.variant, "seed": cfg.seed, "steps": cfg.steps,
-        "seconds": round(seconds, 2), "train_loss": train_loss, "test_loss": test_loss,
-        "test_loss_pruned": pruned_test, "params_total": snap.total, "params_kept": snap.kept,
-        "threshold": cfg.threshold, "wiring_length": M.wiring_length(graph, 0.0, gap=cfg.l0),
-        "modularity_q": q, "dependencies": M.dependencies(graph, 0.0), "modules": mods,
-        "module_extents": M.module_extents(graph, 0.0),
-    }
-    draw_network(graph, out / "network.png", data.input_names, data.output_names, gap=cfg.l0,
-                 title=f"{cfg.recipe} [{cfg.variant}] pruned at {cfg.threshold:g}: test MSE {pruned_test:.2e}")
-    snap.revert()
-    plot_curves(out / "log.csv", out / "curves.png", title=f"{cfg.recipe} [{cfg.variant}], seed {cfg.seed}")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-    return metrics
-
+        if log is not None:
+            log.close()
+    if ckpt is not None and start < steps:
+        save(steps)
+    return {"step": steps, "seconds": seconds_before + time.time() - t0, "resumed_from": resumed_from}

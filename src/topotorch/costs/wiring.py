@@ -76,7 +76,6 @@ class WiringCost(nn.Module):
         key = (k, W.device, W.dtype)
         got = self._cache.get(key)
         if got is None:
-            w = self.graph.weights[k]
             scale = (1.0 / W.numel() if self.reduction == "mean" else 1.0) if self.penalize[k] else 0.0
             geom = self._geom64[k]
             full = (geom + scale * self.l0).reshape(*geom.shape, *(1,) * (W.dim() - 2))

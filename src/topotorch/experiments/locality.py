@@ -2,21 +2,24 @@
 LP layer's activation maps, compared per test image with a paired t-test."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import stats
 
+from ..data import load_dataset
+from ..hooks import record
+from ..io import save_model, write_json
 from ..metrics import spatial_variance
 from ..models import LeNet
-from ..checkpoint import save_model
-from ..hooks import record
-from ..train import accuracy, fit_classifier, make_optimizer
-from .common import load_dataset, start_run, write_json
+from ..plot import read_log
+from ..train import Batches, accuracy, fit, make_optimizer
+from . import kind
+from .common import arm_steps, check_length, start_run
 
 
 @dataclass
@@ -36,12 +39,15 @@ class LocalityConfig:
     momentum: float = 0.9
     weight_decay: float = 0.01
     epochs: int = 60
+    steps: int | None = None        # optimizer steps per arm; default: epochs × batches per epoch
     batch_size: int = 64
+    checkpoint_interval: int = 200
     threads: int = 1
 
     def validate(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.side < 1 or self.threads < 1:
-            raise ValueError("epochs, batch_size, side and threads must be ≥ 1")
+        check_length(self)
+        if self.batch_size < 1 or self.side < 1 or self.threads < 1 or self.checkpoint_interval < 1:
+            raise ValueError("batch_size, side, checkpoint_interval and threads must be ≥ 1")
         if len(self.channels) != 2:
             raise ValueError(f"channels needs two entries (conv1, conv2), got {self.channels}")
         if self.decay == "linear" and not self.radius:
@@ -57,20 +63,30 @@ def lp_maps(model: LeNet, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     return torch.cat(got["act2"])
 
 
-def run_locality(cfg: LocalityConfig, out, progress: bool = True) -> dict:
-    out = start_run(cfg, out)
-    t0 = time.time()
+@kind("locality-prior", LocalityConfig)
+def run_locality(cfg: LocalityConfig, out, resume: bool = False, progress: bool = True) -> dict:
+    """Both arms from the same initial weights and the same minibatches; each arm's run in ``out/ARM``."""
+    out = start_run(cfg, out, resume)
     data = load_dataset(cfg.data, cfg.seed, cfg.data_dir, cfg.download)
     size = data.x_train.shape[-1]
-    arms, hist, maps = {}, {}, {}
+    batches = Batches(len(data.x_train), cfg.batch_size, cfg.seed)
+    steps = arm_steps(cfg, batches.per_epoch)
+    arms, hist, maps, seconds = {}, {}, {}, 0.0
     for arm in ("local", "control"):
         torch.manual_seed(cfg.seed)  # identical initial weights in both arms
         model = LeNet(size, data.x_train.shape[1], tuple(cfg.channels), cfg.side, len(data.output_names),
                       cfg.decay, cfg.radius, cfg.normalize, prior=arm == "local")
         opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-        hist[arm] = fit_classifier(model, data.x_train, data.y_train, cfg.epochs, cfg.batch_size, opt, cfg.seed,
-                                   progress=progress, desc=f"locality-prior[{arm}]",
-                                   x_test=data.x_test, y_test=data.y_test)
+
+        def loss_fn(step, micro, model=model):
+            idx = batches(step)
+            return F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+
+        info = fit(model, opt, loss_fn, steps, out=out / arm, resume=resume, log_every=batches.per_epoch,
+                   checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"locality-prior[{arm}]",
+                   evaluate=lambda step, model=model: {"test_accuracy": accuracy(model, data.x_test, data.y_test)})
+        seconds += info["seconds"]
+        hist[arm] = read_log(out / arm / "log.csv")
         arms[arm] = model
         maps[arm] = lp_maps(model, data.x_test)
         save_model(model, out / f"{arm}.safetensors")
@@ -82,9 +98,8 @@ def run_locality(cfg: LocalityConfig, out, progress: bool = True) -> dict:
     per_class = {arm: [float(spatial_variance(maps[arm][data.y_test == c].mean(0), coords)) for c in classes]
                  for arm in arms}
     tc, pc = stats.ttest_rel(per_class["local"], per_class["control"])
-    steps = cfg.epochs * ((len(data.x_train) + cfg.batch_size - 1) // cfg.batch_size)
     metrics = {
-        "recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "seconds": round(time.time() - t0, 2),
+        "recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "seconds": round(seconds, 2),
         "data": cfg.data, "decay": cfg.decay,
         "accuracy_local": accuracy(arms["local"], data.x_test, data.y_test),
         "accuracy_control": accuracy(arms["control"], data.x_test, data.y_test),
@@ -125,8 +140,8 @@ def _plot_variance(v, ok, hist, path, m):
         a.hist(v[arm][ok].numpy(), bins=bins, alpha=0.6, label=f"{arm} (mean {m[f'variance_{arm}']:.2f})")
     a.set_xlabel("spatial variance V of a test image's LP map (cells²)"); a.set_ylabel("test images"); a.legend()
     for arm in ("local", "control"):
-        b.plot([h["epoch"] + 1 for h in hist[arm]], [100 * h["test_accuracy"] for h in hist[arm]], label=arm)
-    b.set_xlabel("epoch"); b.set_ylabel("test accuracy (%)"); b.legend(); b.grid(alpha=0.3)
+        b.plot(hist[arm]["step"], 100 * hist[arm]["test_accuracy"], label=arm)
+    b.set_xlabel("step"); b.set_ylabel("test accuracy (%)"); b.legend(); b.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

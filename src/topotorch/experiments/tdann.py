@@ -3,7 +3,6 @@ channel × location unit sits on a retinotopic sheet, positions swap-pre-optimis
 with the same initial weights and positions."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,11 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import metrics as M
-from ..checkpoint import save_model
+from ..data import load_dataset
 from ..hooks import record
+from ..io import save_model, write_json
+from ..plot import read_log
 from ..topography import attach
-from ..train import accuracy, fit_classifier, make_optimizer
-from .common import load_dataset, start_run, write_json
+from ..train import Batches, accuracy, fit, make_optimizer
+from . import kind
+from .common import arm_steps, check_length, start_run
 
 
 class TopoCNN(nn.Module):
@@ -50,14 +52,17 @@ class TDANNConfig:
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: float = 2e-3
     epochs: int = 15
+    steps: int | None = None        # optimizer steps per arm; default: epochs × batches per epoch
     batch_size: int = 64
+    checkpoint_interval: int = 100
     threads: int = 1
 
     def validate(self):
+        check_length(self)
         if len(self.channels) != 2 or min(self.channels) < 1:
             raise ValueError(f"channels needs two positive entries, got {self.channels}")
-        if self.epochs < 1 or self.batch_size < 1 or self.alpha < 0:
-            raise ValueError("epochs and batch_size must be ≥ 1, alpha ≥ 0")
+        if self.batch_size < 1 or self.alpha < 0 or self.checkpoint_interval < 1:
+            raise ValueError("batch_size and checkpoint_interval must be ≥ 1, alpha ≥ 0")
 
 
 SHEETS = ("conv1", "conv2")
@@ -72,12 +77,15 @@ def _responses(model, x, name):
     return F.relu(got[name][0])
 
 
-def run_tdann(cfg: TDANNConfig, out, progress: bool = True) -> dict:
-    out = start_run(cfg, out)
-    t0 = time.time()
+@kind("tdann-cnn", TDANNConfig)
+def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True) -> dict:
+    """Both arms from the same initial weights, positions and minibatches; each arm's run in ``out/ARM``."""
+    out = start_run(cfg, out, resume)
     data = load_dataset(cfg.data, cfg.seed, cfg.data_dir)
     size = data.x_train.shape[-1]
-    res = {}
+    batches = Batches(len(data.x_train), cfg.batch_size, cfg.seed)
+    steps = arm_steps(cfg, batches.per_epoch)
+    res, seconds = {}, 0.0
     for arm in ("topo", "control"):
         torch.manual_seed(cfg.seed)
         model = TopoCNN(data.x_train.shape[1], size, tuple(cfg.channels), len(data.output_names))
@@ -86,9 +94,20 @@ def run_tdann(cfg: TDANNConfig, out, progress: bool = True) -> dict:
         pre = topo.optimize_positions(data.x_train[:256], windows=cfg.preopt_windows, swaps=cfg.preopt_swaps,
                                       seed=cfg.seed)  # the same positions in both arms: same weights, same responses
         opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr)
-        hist = fit_classifier(model, data.x_train, data.y_train, cfg.epochs, cfg.batch_size, opt, cfg.seed,
-                              extra_loss=topo if arm == "topo" else None, progress=progress,
-                              desc=f"tdann-cnn[{arm}]", x_test=data.x_test, y_test=data.y_test)
+        spatial = topo if arm == "topo" else None
+
+        def loss_fn(step, micro, model=model, spatial=spatial):
+            idx = batches(step)
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            return loss + spatial() if spatial is not None else loss
+
+        gens = {"windows": topo.correlation.generator} if topo.correlation is not None else {}
+        info = fit(model, opt, loss_fn, steps, out=out / arm, resume=resume, generators=gens,
+                   log_every=batches.per_epoch, checkpoint_every=cfg.checkpoint_interval, progress=progress,
+                   desc=f"tdann-cnn[{arm}]",
+                   evaluate=lambda step, model=model: {"test_accuracy": accuracy(model, data.x_test, data.y_test)})
+        seconds += info["seconds"]
+        topo.refresh()  # positions may have been restored from a checkpoint
         save_model(model, out / f"{arm}.safetensors")
         layers = {}
         for name in SHEETS:
@@ -98,12 +117,12 @@ def run_tdann(cfg: TDANNConfig, out, progress: bool = True) -> dict:
             layers[name] = {"smoothness": M.smoothness_index(tuning, lay),
                             "corr_vs_distance": M.correlation_vs_distance(r, lay),
                             "preferred": tuning.argmax(1).tolist(), "coords": lay.unit_coords.tolist()}
-        res[arm] = {"accuracy": accuracy(model, data.x_test, data.y_test), "layers": layers, "history": hist,
+        hist = read_log(out / arm / "log.csv")
+        res[arm] = {"accuracy": accuracy(model, data.x_test, data.y_test), "layers": layers,
+                    "history": {k: v.tolist() for k, v in hist.items()},
                     "preopt": {k: {kk: v[kk] for kk in ("loss_before", "loss_after", "accepted")} for k, v in pre.items()}}
         topo.remove()
-    metrics = {"recipe": cfg.recipe, "seed": cfg.seed,
-               "steps": cfg.epochs * ((len(data.x_train) + cfg.batch_size - 1) // cfg.batch_size),
-               "seconds": round(time.time() - t0, 2), "data": cfg.data}
+    metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "seconds": round(seconds, 2), "data": cfg.data}
     for arm in res:
         metrics[f"accuracy_{arm}"] = res[arm]["accuracy"]
         metrics[f"smoothness_{arm}"] = float(np.mean([l["smoothness"] for l in res[arm]["layers"].values()]))

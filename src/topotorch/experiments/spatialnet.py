@@ -8,8 +8,6 @@ regenerated from the config (all offline datasets are deterministic). The workfl
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,19 +16,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import hooks
-from .checkpoint import load_model, save_model
-from .config import from_dict
-from .costs import proximity_cost, transport_cost
-from .graph import embed
-from .layout import atomic_write_text
-from .models import MLP
-from .train import fit_classifier, make_optimizer
+from .. import hooks
+from ..config import ConfigError, from_dict
+from ..costs import proximity_cost, transport_cost
+from ..data import DATASETS, load_dataset
+from ..io import atomic_save_file, load_model, read_json, read_tensors, save_model, write_json
+from ..models import MLP, SpatialNet
+from ..train import Batches, fit, make_optimizer
+from . import kind
+from .common import arm_steps, check_length, start_run
 
-__all__ = ["SpatialConfig", "SpatialNet", "TwoTask", "two_task_data", "train_spatial", "load_run", "record",
+__all__ = ["SpatialConfig", "TwoTask", "two_task_data", "train_spatial", "load_run", "record",
            "plot_run", "split", "score", "task_separation", "RunError"]
 
 
@@ -57,7 +55,9 @@ class SpatialConfig:
     lr: float = 5e-3
     weight_decay: float = 0.0
     epochs: int = 150
+    steps: int | None = None              # optimizer steps per arm; default: epochs × batches per epoch
     batch_size: int = 256
+    checkpoint_interval: int = 500
     split_method: Literal["greedy", "probability"] = "greedy"
     data_dir: str = "data/mnist"
     threads: int = 1
@@ -65,39 +65,17 @@ class SpatialConfig:
     def validate(self):
         if len(self.tasks) < 2:
             raise ValueError(f"two (or more) tasks are needed, got {self.tasks}")
-        from .experiments.common import DATASETS
+        check_length(self)
         known = set(DATASETS)
         bad = [t for t in self.tasks if t not in known]
         if bad:
             raise ValueError(f"unknown task dataset(s) {bad}; choose from {sorted(known)}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden sizes must be positive, got {self.hidden}")
-        if self.epochs < 1 or self.batch_size < 1 or self.dim < 1 or self.threads < 1:
-            raise ValueError("epochs, batch_size, dim and threads must be ≥ 1")
+        if self.batch_size < 1 or self.dim < 1 or self.threads < 1 or self.checkpoint_interval < 1:
+            raise ValueError("batch_size, dim, checkpoint_interval and threads must be ≥ 1")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be non-negative")
-
-
-class SpatialNet(nn.Module):
-    """An MLP whose every neuron has a learnable position (``positions[i]``: ``(n_i, dim)``).
-
-    The output layer holds ``tasks × classes`` logits, one head (slice) per task.
-    """
-
-    def __init__(self, shape: list[int], activation: str = "sigmoid", dim: int = 2, tasks: int = 2):
-        super().__init__()
-        self.net = MLP(shape, activation)
-        self.graph = embed(self.net)
-        self.positions = nn.ParameterList([nn.Parameter(torch.randn(n, dim)) for n in shape])
-        self.tasks, self.classes = tasks, shape[-1] // tasks
-        if self.classes * tasks != shape[-1]:
-            raise ValueError(f"output size {shape[-1]} is not tasks × classes for {tasks} tasks")
-
-    def forward(self, x):
-        return self.net(x)
-
-    def task_logits(self, logits: torch.Tensor, t: int) -> torch.Tensor:
-        return logits[:, t * self.classes:(t + 1) * self.classes]
 
 
 @dataclass
@@ -132,7 +110,6 @@ def _standardise(tr: torch.Tensor, te: torch.Tensor):
 
 def two_task_data(tasks: list[str], combine: str, seed: int, data_dir: str = "data/mnist") -> TwoTask:
     """Load each task (flattened, standardised) and combine them: concatenate, mix (sum) or sequential."""
-    from .experiments.common import load_dataset
     splits = [load_dataset(t, seed, data_dir, flat=True) for t in tasks]
     xs = [_standardise(s.x_train.flatten(1), s.x_test.flatten(1)) for s in splits]
     classes = max(len(s.output_names) for s in splits)
@@ -241,23 +218,33 @@ def build_model(cfg: SpatialConfig, data: TwoTask) -> SpatialNet:
     return model
 
 
-def train_spatial(cfg: SpatialConfig, out, progress: bool = True, data: TwoTask | None = None) -> dict:
-    """Train one arm into run directory ``out``; returns ``{"steps", "seconds"}``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
-    t0 = time.time()
+def train_spatial(cfg: SpatialConfig, out, progress: bool = True, data: TwoTask | None = None,
+                  resume: bool = False) -> dict:
+    """Train one arm into run directory ``out`` (resumable); returns ``{"steps", "seconds"}``."""
+    out = start_run(cfg, out, resume)
     data = data or two_task_data(cfg.tasks, cfg.combine, cfg.seed, cfg.data_dir)
     model = build_model(cfg, data)
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
-    hist = fit_classifier(model, data.x_train, data.y_train, cfg.epochs, cfg.batch_size, opt, cfg.seed,
-                          extra_loss=spatial_loss(model, cfg), loss_fn=_loss(model, cfg.combine),
-                          progress=progress, desc=f"{cfg.recipe}[α={cfg.alpha:g},β={cfg.beta:g}]",
-                          epoch_data=data.epoch_data)
+    batches = Batches(len(data.x_train), cfg.batch_size, cfg.seed)
+    steps = arm_steps(cfg, batches.per_epoch)
+    task_loss, extra = _loss(model, cfg.combine), spatial_loss(model, cfg)
+    epoch_cache: dict = {}
+
+    def loss_fn(step, micro):
+        e = batches.epoch(step)
+        if e not in epoch_cache:  # this epoch's pairing of the tasks (a function of the epoch)
+            epoch_cache.clear()
+            epoch_cache[e] = data.epoch_data(e)
+        x, y = epoch_cache[e]
+        idx = batches(step)
+        loss = task_loss(model, x[idx], y[idx])
+        return loss + extra() if extra is not None else loss
+
+    info = fit(model, opt, loss_fn, steps, out=out, resume=resume, log_every=batches.per_epoch,
+               checkpoint_every=cfg.checkpoint_interval, progress=progress,
+               desc=f"{cfg.recipe}[α={cfg.alpha:g},β={cfg.beta:g}]")
     save_model(model, out / "model.safetensors")
-    atomic_write_text(out / "config.json", json.dumps({"config": dataclasses.asdict(cfg), "history": hist}, indent=1))
-    steps = cfg.epochs * ((len(data.x_train) + cfg.batch_size - 1) // cfg.batch_size)
-    return {"steps": steps, "seconds": time.time() - t0}
+    return {"steps": steps, "seconds": info["seconds"]}
 
 
 def load_run(run) -> tuple[SpatialConfig, SpatialNet, TwoTask]:
@@ -265,14 +252,21 @@ def load_run(run) -> tuple[SpatialConfig, SpatialNet, TwoTask]:
     run = Path(run)
     if not run.is_dir():
         raise RunError(f"{run}: no such run directory")
+    arms = [a for a in ("spatial", "control") if (run / a / "model.safetensors").is_file()]
+    if arms and not (run / "model.safetensors").is_file():
+        raise RunError(f"{run} holds a two-arm run; pass one arm's directory: "
+                       + " or ".join(str(run / a) for a in arms))
     if not (run / "config.json").is_file():
         raise RunError(f"{run}: no config.json — not a spatial-network run directory")
+    conf = read_json(run / "config.json", "run config").get("config")
+    if not isinstance(conf, dict):
+        raise RunError(f"{run / 'config.json'}: no 'config' object — not a spatial-network run directory")
     if not (run / "model.safetensors").is_file():
         raise RunError(f"{run}: no model.safetensors — train first (topotorch run spatial-two-task)")
     try:
-        cfg = from_dict(SpatialConfig, json.loads((run / "config.json").read_text())["config"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise RunError(f"{run}/config.json is not a spatial-network config ({e})") from None
+        cfg = from_dict(SpatialConfig, conf)
+    except (ConfigError, ValueError) as e:
+        raise RunError(f"{run / 'config.json'} is not a spatial-network config ({e})") from None
     data = two_task_data(cfg.tasks, cfg.combine, cfg.seed, cfg.data_dir)
     model = build_model(cfg, data)
     load_model(model, run / "model.safetensors")
@@ -303,15 +297,13 @@ def record(run, loaded=None) -> dict:
             out.setdefault(f"layer{l}/mean_abs", []).append(a.abs().mean(0))
             out.setdefault(f"layer{l}/variance", []).append(a.var(0))
     tensors = {k: torch.stack(v).contiguous() for k, v in out.items()}
-    tmp = run / ".record.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(run / "record.safetensors")
+    atomic_save_file(tensors, run / "record.safetensors")
     return tensors
 
 
 def _load_record(run) -> dict:
     p = Path(run) / "record.safetensors"
-    return load_file(str(p)) if p.is_file() else record(run)
+    return read_tensors(p)[0] if p.is_file() else record(run)
 
 
 def specificity(rec: dict) -> list[torch.Tensor]:
@@ -419,10 +411,9 @@ def split(run, method: str = "greedy", seed: int = 0, loaded=None) -> dict:
                 lin.weight.copy_(src.weight[k_out][:, k_in])
                 lin.bias.copy_(src.bias[k_out])
         save_model(sub, sd / f"task{t}.safetensors")
-        atomic_write_text(sd / f"task{t}.json", json.dumps({"task": cfg.tasks[t], "shape": shape,
-                                                             "activation": cfg.activation}))
+        write_json(sd / f"task{t}.json", {"task": cfg.tasks[t], "shape": shape, "activation": cfg.activation})
     assignment = {"method": method, "layers": [o.tolist() for o in owners]}
-    atomic_write_text(sd / "assignment.json", json.dumps(assignment))
+    write_json(sd / "assignment.json", assignment)
     return assignment
 
 
@@ -431,7 +422,7 @@ def load_split_model(run, t: int) -> MLP:
     meta_p = sd / f"task{t}.json"
     if not meta_p.is_file():
         raise RunError(f"{run}: no split models — run `topotorch split {run}` first")
-    meta = json.loads(meta_p.read_text())
+    meta = read_json(meta_p, "split model description")
     sub = MLP(meta["shape"], meta["activation"])
     load_model(sub, sd / f"task{t}.safetensors")
     return sub.eval()
@@ -460,20 +451,20 @@ def score(run, loaded=None) -> dict:
         parts.append(float((load_split_model(run, t)(x).argmax(1) == y).float().mean()))
     scores = {"tasks": cfg.tasks, "accuracy": full, "split_accuracy": parts,
               "split_retention": [p / f if f else 0.0 for p, f in zip(parts, full)]}
-    atomic_write_text(run / "scores.json", json.dumps(scores, indent=1))
+    write_json(run / "scores.json", scores)
     return scores
 
 
-def run_two_task(cfg: SpatialConfig, out, progress: bool = True) -> dict:
+@kind("spatial-two-task", SpatialConfig)
+def run_two_task(cfg: SpatialConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """The ``spatial-two-task`` recipe: a spatial arm and an unregularised control (α = β = 0, positions
     fixed at their random start) with the same seed, each recorded, split and scored."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    out = start_run(cfg, out, resume)
     data = two_task_data(cfg.tasks, cfg.combine, cfg.seed, cfg.data_dir)
-    res = {}
+    res, seconds = {}, 0.0
     for arm, c in (("spatial", cfg), ("control", dataclasses.replace(cfg, alpha=0.0, beta=0.0))):
-        info = train_spatial(c, out / arm, progress, data)
+        info = train_spatial(c, out / arm, progress, data, resume=resume)
+        seconds += info["seconds"]
         loaded = load_run(out / arm)  # the saved model, read back once for the whole workflow
         rec = record(out / arm, loaded)
         split(out / arm, cfg.split_method, loaded=loaded)
@@ -482,13 +473,11 @@ def run_two_task(cfg: SpatialConfig, out, progress: bool = True) -> dict:
         res[arm] = {**sc, "task_separation": task_separation(loaded[1], rec), "steps": info["steps"]}
     metrics = {
         "recipe": cfg.recipe, "seed": cfg.seed, "steps": res["spatial"]["steps"],
-        "seconds": round(time.time() - t0, 2), "tasks": cfg.tasks, "combine": cfg.combine,
+        "seconds": round(seconds, 2), "tasks": cfg.tasks, "combine": cfg.combine,
         "accuracy": res["spatial"]["accuracy"], "accuracy_control": res["control"]["accuracy"],
         "split_accuracy": {arm: res[arm]["split_accuracy"] for arm in res},
         "split_retention": {arm: res[arm]["split_retention"] for arm in res},
         "task_separation": {arm: res[arm]["task_separation"] for arm in res},
     }
-    atomic_write_text(out / "config.json", json.dumps({"config": dataclasses.asdict(cfg)}, indent=1))
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_json(out / "metrics.json", metrics)
     return metrics
-

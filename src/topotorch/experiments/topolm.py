@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,18 +20,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from . import data as D
-from . import layout as L
-from . import metrics as M
-from .checkpoint import Checkpointer, check_same_config, save_model
-from .costs.correlation import SpatialCorrelationLoss, correlation_matrix
-from .gpt import GPT, GPTConfig
-from .hooks import record
-from .layout import atomic_write_text
-from .relocate import swap_optimize
-from .train import CSVLog, TrainingDiverged, tensorboard_writer
+from .. import data as D
+from .. import layout as L
+from .. import metrics as M
+from ..gpt import GPT, GPTConfig
+from ..hooks import record
+from ..io import check_same_config, save_model, write_json
+from ..topography import attach
+from ..train import fit
+from . import kind
 
 __all__ = ["TopoLMConfig", "train_lm", "analyse_lm", "run_topolm"]
 
@@ -51,7 +47,7 @@ class TopoLMConfig:
     dropout: float = 0.0
     batch_size: int = 32
     grad_accum: int = 1
-    steps: int = 1500
+    steps: int | None = 1500
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup: int = 100
@@ -90,6 +86,8 @@ class TopoLMConfig:
         bad = [a for a in self.arms if a not in ("topo", "control")]
         if bad or not self.arms:
             raise ValueError(f"arms must be a non-empty subset of ['topo', 'control'], got {self.arms}")
+        if self.steps is None:
+            self.steps = 1500
         for k in ("steps", "batch_size", "grad_accum", "block_size", "eval_interval", "eval_batches",
                   "checkpoint_interval", "threads"):
             if getattr(self, k) < 1:
@@ -114,13 +112,13 @@ def load_tokens(cfg: TopoLMConfig) -> D.TokenData:
     return D.text_corpus(cfg.data)
 
 
-def sheet_layouts(model: GPT, cfg: TopoLMConfig) -> list[tuple[str, torch.nn.Module, L.Layout]]:
-    """Each sheet on a √n × √n grid of cells, units randomly permuted (TopoLM's default), frozen."""
+def sheet_layouts(model: GPT, cfg: TopoLMConfig) -> dict[str, L.Layout]:
+    """Each sheet (by module path) on a √n × √n grid of cells, units randomly permuted (TopoLM's default)."""
     side = math.isqrt(cfg.n_embd)
-    out = []
-    for i, (name, mod) in enumerate(model.sheets(cfg.sheets)):
+    out = {}
+    for i, (name, _) in enumerate(model.sheets(cfg.sheets)):
         g = torch.Generator().manual_seed(cfg.seed * 1000 + i)
-        out.append((name, mod, L.grid(side, side, spacing=1.0).random_permutation(g)))
+        out[name] = L.grid(side, side, spacing=1.0).random_permutation(g)
     return out
 
 
@@ -163,7 +161,12 @@ def _checksum(model) -> str:
 
 def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = None, resume: bool = False,
              progress: bool = True) -> dict:
-    """Train one arm into ``out``; works alone or under ``torchrun`` (DDP). Returns a summary dict."""
+    """Train one arm into ``out``; works alone or under ``torchrun`` (DDP). Returns a summary dict.
+
+    The sheets' positions are ``topo_positions`` buffers on the attention/MLP modules (saved with the model
+    and every checkpoint); the spatial loss's window generator and each rank's data generator are
+    checkpointed, so a resumed arm continues exactly.
+    """
     out = Path(out)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -178,74 +181,45 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in both arms
     gcfg = GPTConfig(cfg.block_size, tokens.vocab_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
     model = GPT(gcfg).to(device)
-    sheets = sheet_layouts(model, cfg)
+    topo = attach(model, sheet_layouts(model, cfg), alpha=alpha, mode=cfg.mode, kind=cfg.kind,
+                  neighbourhoods=cfg.neighbourhoods, radius=cfg.radius, seed=cfg.seed + 7 * rank,
+                  example_input=torch.zeros(1, cfg.block_size, dtype=torch.long, device=device))
     info = {}
     if cfg.positions == "swap" and alpha > 0:
-        sheets, info = _preoptimise(model, sheets, tokens, cfg, device)
-    sl = None if alpha == 0 else SpatialCorrelationLoss(
-        [(n, m, lay) for n, m, lay in sheets], alpha=alpha, model=model, mode=cfg.mode, kind=cfg.kind,
-        neighbourhoods=cfg.neighbourhoods, radius=cfg.radius, generator=torch.Generator().manual_seed(cfg.seed + 7 * rank))
+        x, _ = tokens.batch("train", 64, cfg.block_size, torch.Generator().manual_seed(cfg.seed + 99))
+        info = topo.optimize_positions(x.to(device), windows=cfg.preopt_windows, swaps=cfg.preopt_swaps,
+                                       radius=max(cfg.radius, 2.0), seed=cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # attach resets TorchDynamo, so the hooks are traced into the compiled code
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)  # each rank its own micro-batches
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
+    spatial_on = topo.correlation is not None
+    last = {}
 
-    ckpt = Checkpointer(out)
-    start = 0
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    if (last := ckpt.resume_point(resume)) is not None:
-        st = ckpt.load(last, model, opt)
-        start = st["step"]
-        gen.set_state(st["tensors"][f"gen{rank}"] if f"gen{rank}" in st["tensors"] else st["tensors"]["gen0"])
-    log = CSVLog(out / "log.csv", ["step", "train_loss", "val_loss", "spatial_loss", "lr"],
-                 resume_step=start if resume else None,
-                 tensorboard=tensorboard_writer(out, cfg.tensorboard)) if rank == 0 else None
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"topolm[α={alpha:g}]",
-               disable=not progress or rank != 0, unit="step", mininterval=1.0)
-    t0 = time.time()
-    val_loss = float("nan")
-    try:
-        for step in bar:
-            for gparam in opt.param_groups:
-                gparam["lr"] = lr_at(step, cfg)
-            for micro in range(cfg.grad_accum):
-                x, y = tokens.batch("train", cfg.batch_size, cfg.block_size, gen)
-                x, y = x.to(device), y.to(device)
-                sync = nullcontext() if (not ddp or micro == cfg.grad_accum - 1) else net.no_sync()
-                with sync:
-                    with amp:
-                        _, loss = net(x, y)
-                    spatial = sl() if sl is not None else 0.0
-                    total = (loss + spatial) / cfg.grad_accum
-                    if not torch.isfinite(total):
-                        raise TrainingDiverged(f"loss became {total.item()} at step {step}; last good checkpoint: "
-                                               f"{ckpt.latest()}")
-                    total.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if rank == 0 and (step % cfg.eval_interval == 0 or step == cfg.steps - 1):  # ranks hold equal weights
-                val_loss = evaluate(model, tokens, cfg, device)
-                log.write({"step": step, "train_loss": loss.item(), "val_loss": val_loss,
-                           "spatial_loss": float(np.mean(list(sl.last.values()))) if sl is not None else 0.0,
-                           "lr": lr_at(step, cfg)})
-                bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
-            if (step + 1) % cfg.checkpoint_interval == 0 and step + 1 < cfg.steps:
-                _save_ckpt(ckpt, step + 1, model, opt, gen, rank, ddp)
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    _save_ckpt(ckpt, cfg.steps, model, opt, gen, rank, ddp)
-    summary = {"val_loss": val_loss, "seconds": time.time() - t0, "steps": cfg.steps, "world_size": world,
-               "preopt": info}
+    def loss_fn(step, micro):
+        x, y = tokens.batch("train", cfg.batch_size, cfg.block_size, gen)
+        _, loss = net(x.to(device), y.to(device))
+        last["loss"] = loss.detach()
+        return loss + topo() if spatial_on else loss
+
+    def evaluate_step(step):
+        return {"val_loss": evaluate(model, tokens, cfg, device), "lm_loss": last["loss"].item(),
+                "spatial_loss": float(np.mean(list(topo.last.values()))) if spatial_on else 0.0,
+                "lr": lr_at(step, cfg)}
+
+    gens = {"data": gen, **({"windows": topo.correlation.generator} if spatial_on else {})}
+    res = fit(model, opt, loss_fn, cfg.steps, out=out, resume=resume, generators=gens, evaluate=evaluate_step,
+              log_every=cfg.eval_interval, checkpoint_every=cfg.checkpoint_interval, grad_accum=cfg.grad_accum,
+              grad_clip=cfg.grad_clip, lr_at=lambda step: lr_at(step, cfg),
+              autocast=torch.bfloat16 if cfg.dtype == "bfloat16" else None, ddp_model=net if ddp else None,
+              progress=progress, desc=f"topolm[α={alpha:g}]", tensorboard=cfg.tensorboard)
+    topo.refresh()  # positions may have come from a checkpoint
+    summary = {"val_loss": evaluate(model, tokens, cfg, device) if rank == 0 else float("nan"),
+               "seconds": res["seconds"], "steps": cfg.steps, "world_size": world, "preopt": info}
     if ddp:
         sums = [None] * world
         dist.all_gather_object(sums, _checksum(model))
@@ -253,19 +227,10 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
         summary["ddp_identical"] = len(set(sums)) == 1
     if rank == 0:
         save_model(model, out / "model.safetensors")
-        atomic_write_text(out / "positions.json", json.dumps({n: lay.to_dict() for n, _, lay in sheets}))
-        atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
-    if sl is not None:
-        sl.remove()
+        write_json(out / "train.json", summary)
+    sheets = [(n, topo.entries[k]["module"], topo.positions(n)) for k, n in enumerate(topo.names)]
+    topo.remove()
     return {**summary, "model": model, "sheets": sheets, "tokens": tokens, "device": device}
-
-
-def _save_ckpt(ckpt, step, model, opt, gen, rank, ddp):
-    states = [None] * dist.get_world_size() if ddp else [gen.get_state()]
-    if ddp:
-        dist.all_gather_object(states, gen.get_state())
-    if rank == 0:
-        ckpt.save(step, model, opt, {}, {f"gen{r}": s for r, s in enumerate(states)})
 
 
 @torch.no_grad()
@@ -280,20 +245,6 @@ def evaluate(model: GPT, tokens: D.TokenData, cfg: TopoLMConfig, device) -> floa
         losses.append(model(x.to(device), y.to(device))[1].item())
     model.train(was)
     return float(np.mean(losses))
-
-
-def _preoptimise(model, sheets, tokens, cfg, device):
-    """TDANN-style swap pre-optimisation of each sheet's positions on the initial network's responses."""
-    x, _ = tokens.batch("train", 64, cfg.block_size, torch.Generator().manual_seed(cfg.seed + 99))
-    acts = record_sheets(model, [m for _, m, _ in sheets], x.to(device))
-    new, info = [], {}
-    for (name, mod, lay), a in zip(sheets, acts):
-        r = correlation_matrix(a.reshape(-1, a.shape[-1]))
-        lay2, inf = swap_optimize(r, lay, cfg.preopt_windows, cfg.preopt_swaps, radius=max(cfg.radius, 2.0),
-                                  kind=cfg.kind, seed=cfg.seed)
-        new.append((name, mod, lay2))
-        info[name] = inf
-    return new, info
 
 
 # ---- analysis -------------------------------------------------------------------------------------
@@ -377,6 +328,7 @@ def plot_corr_distance(results: dict, path):
     plt.close(fig)
 
 
+@kind("topolm", TopoLMConfig)
 def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """The ``topolm`` recipe: both arms trained with the same seed, analysed, compared."""
     cfg = cfg.resolved()
@@ -389,7 +341,7 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         check_same_config(out, conf)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps({"config": conf}, indent=1))
+        write_json(out / "config.json", {"config": conf})
     results, layouts, summaries = {}, {}, {}
     for arm in cfg.arms:
         alpha = cfg.alpha if arm == "topo" else 0.0
@@ -419,14 +371,14 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         plot_maps(results, layouts, out / "maps_noun_verb.png")
         plot_maps(results, layouts, out / "maps_language.png", "t_map_language", "sentences − shuffled words Welch t")
         plot_corr_distance(results, out / "corr_distance.png")
-        atomic_write_text(out / "analysis.json", json.dumps(results))
+        write_json(out / "analysis.json", results, indent=None)
     _plot_curves({arm: out / arm / "log.csv" for arm in cfg.arms}, out / "curves.png")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
 def _plot_curves(logs: dict, path):
-    from .plot import read_log
+    from ..plot import read_log
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for arm, p in logs.items():
         if Path(p).exists():
