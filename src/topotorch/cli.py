@@ -59,6 +59,11 @@ def _cmd_reproduce(args) -> int:
     return 0 if all(r["holds"] for r in rows) else 1
 
 
+def _one_line(e: BaseException) -> str:
+    """An error message on one line (YAML and JSON errors span several)."""
+    return " ".join(str(e).split())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="topotorch", description="Spatially embedded neural networks.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -91,10 +96,10 @@ def main(argv=None) -> int:
         handler = {"run": _cmd_run, "reproduce": _cmd_reproduce}.get(args.cmd, _cmd_workflow)
         rc = handler(args)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"topotorch: error: {e}", file=sys.stderr)
+        print(f"topotorch: error: {_one_line(e)}", file=sys.stderr)
         rc = 2
     except RuntimeError as e:  # e.g. TrainingDiverged
-        print(f"topotorch: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"topotorch: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         rc = 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, skip interpreter teardown: DDP keeps the gloo process group alive past

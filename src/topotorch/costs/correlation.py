@@ -382,6 +382,7 @@ class SpatialCorrelationLoss:
             a = float(alpha[name]) if isinstance(alpha, Mapping) else float(alpha)
             self.sheets.append(_Sheet(name, module, lay, a, radius, units))
         self.mode, self.kind, self.k, self.capture = mode, kind, neighbourhoods, capture
+        self.enabled = True  # False: forward passes are not recorded (e.g. to compare against no loss)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self._hooks = [s.module.register_forward_hook(self._make_hook(s)) for s in self.sheets]
         if model is not None and base is not model or _dynamo_used():
@@ -391,7 +392,7 @@ class SpatialCorrelationLoss:
 
     def _make_hook(self, sheet: _Sheet):
         def hook(module, args, out):
-            if self.capture == "always" or torch.is_grad_enabled():
+            if self.enabled and (self.capture == "always" or torch.is_grad_enabled()):
                 if sheet.acts is not None:
                     sheet.acts = None
                     raise RuntimeError(
