@@ -320,10 +320,43 @@ def test_huggingface_gpt2_attach_trains_and_detaches():
         opt.zero_grad()
         out = model(x, labels=x)
         spatial = topo()
-        (out.loss + spatial).backward()
+        total = out.loss + spatial
+        total.backward()
         opt.step()
-        losses.append(spatial.item())
+        losses.append((total.item(), spatial.item()))
     assert set(topo.last) == set(names)
-    assert losses[-1] < losses[0]
+    assert losses[-1][0] < losses[0][0] and losses[-1][1] < losses[0][1]  # the total and the spatial part fall
     tt.detach(model)
     assert set(model.state_dict()) == keys and _hooks(model) == 0
+
+
+def test_library_modules_never_import_experiments():
+    import pathlib
+    import re
+    root = pathlib.Path(tt.__file__).parent
+    lib = [p for p in root.rglob("*.py") if "experiments" not in p.parts and p.name not in ("recipes.py", "cli.py", "report.py")]
+    assert len(lib) >= 15
+    for p in lib:
+        assert not re.search(r"^\s*(from|import)\s+(\.+|topotorch\.)experiments", p.read_text(), re.M), p
+    assert len(tt.__all__) <= 15
+
+
+def test_fit_accumulates_gradients_like_one_big_batch_and_stops_on_nan(tmp_path):
+    from topotorch.train import TrainingDiverged, fit
+    x, y = torch.randn(8, 4), torch.randn(8, 2)
+    models = []
+    for accum in (1, 4):
+        torch.manual_seed(0)
+        m = nn.Linear(4, 2)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        chunk = 8 // accum
+        fit(m, opt, lambda step, micro: F.mse_loss(m(x[micro * chunk:(micro + 1) * chunk]), y[micro * chunk:(micro + 1) * chunk]),
+            3, grad_accum=accum, progress=False)
+        models.append(m)
+    assert torch.allclose(models[0].weight, models[1].weight, atol=1e-6)
+    m = nn.Linear(4, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with pytest.raises(TrainingDiverged, match="step 2"):
+        fit(m, opt, lambda step, micro: F.mse_loss(m(x), y) * (float("nan") if step == 2 else 1.0), 5,
+            out=tmp_path, checkpoint_every=1, progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == "step-00000002"

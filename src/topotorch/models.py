@@ -60,13 +60,18 @@ class LeNet(nn.Module):
             nn.Conv2d(in_channels, c1, k, padding=k // 2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, k, padding=k // 2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
         n = side * side
-        self.sheet = L.square(n, spacing=1.0)
+        sheet = L.square(n, spacing=1.0)
         self.fc = nn.Linear(c2 * (image_size // 4) ** 2, n)
         self.act1 = nn.ReLU()
-        self.lp = LocalityLinear(self.sheet, self.sheet, decay, radius, normalize=normalize, prior=prior)
+        self.lp = LocalityLinear(sheet, sheet, decay, radius, normalize=normalize, prior=prior)
         self.bn = nn.BatchNorm1d(n)
         self.act2 = nn.ReLU()  # its output is the LP activation map that the variance metric reads
         self.head = nn.Linear(n, classes)
+
+    @property
+    def sheet(self):
+        """The LP sheet's :class:`~topotorch.layout.Layout` (from the layer's ``topo_positions`` buffer)."""
+        return self.lp.out_layout
 
     def forward(self, x):
         h = self.act1(self.fc(self.features(x)))

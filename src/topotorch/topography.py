@@ -226,7 +226,7 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
     given = dict(zip(resolved, modules.values())) if isinstance(modules, dict) else {n: None for n in resolved}
     for name, mod in resolved.items():
         if hasattr(mod, POSITIONS):
-            raise ValueError(f"{name} already has a {POSITIONS} attribute; detach(model) first")
+            raise ValueError(f"{name} already has unit positions ({POSITIONS}); detach(model) first if attach put them there")
     if isinstance(alpha, dict):
         unknown = sorted(set(alpha) - set(resolved))
         if unknown:

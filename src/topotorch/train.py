@@ -10,6 +10,7 @@ so a resumed run continues exactly as a straight one.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from contextlib import nullcontext
@@ -19,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .io import Checkpointer
+from .io import Checkpointer, atomic_write_text
 
 __all__ = ["fit", "Callback", "WiringPenalty", "Relocation", "Batches", "TrainingDiverged", "CSVLog",
            "make_optimizer", "accuracy", "piecewise", "tensorboard_writer"]
@@ -118,12 +119,11 @@ class CSVLog:
             self.path.unlink()
 
     def _open(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, self.fields)
-            w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(self.path)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, self.fields)
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
         self._fh = open(self.path, "a", newline="")
         self._w = csv.DictWriter(self._fh, self.fields)
 
@@ -273,6 +273,18 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
     t0 = time.time()
     # the mean train loss since the last log row carries over a checkpoint, so resumed logs equal straight ones
     running, counted = torch.full((), float(carried[0]), device=device), int(carried[1])
+    eager_check = device.type == "cpu"
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    last_checked = [start]
+
+    def check(ok: torch.Tensor, step: int, since: bool = False) -> None:
+        if not bool(ok):
+            last = ckpt.latest() if ckpt is not None else None
+            when = f"between steps {last_checked[0]} and {step}" if since else f"at step {step}"
+            raise TrainingDiverged(f"the loss became NaN or infinite {when}; stopped. Last good checkpoint: "
+                                   f"{last if last else 'none (diverged before the first)'}")
+        last_checked[0] = step + 1
+
     model.train()
     try:
         for step in bar:
@@ -284,10 +296,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
                 with sync:
                     with amp:
                         loss = loss_fn(step, micro)
-                    if not torch.isfinite(loss):
-                        last = ckpt.latest() if ckpt is not None else None
-                        raise TrainingDiverged(f"loss became {loss.item()} at step {step}; stopped. Last good "
-                                               f"checkpoint: {last if last else 'none (diverged before the first)'}")
+                    if eager_check:
+                        check(torch.isfinite(loss), step)
+                    else:  # on an accelerator: no host synchronisation per step, checked before logs/checkpoints
+                        finite &= torch.isfinite(loss.detach())
                     (loss / grad_accum).backward()
                 running += loss.detach() / grad_accum
             for cb in callbacks:
@@ -299,6 +311,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
             for cb in callbacks:
                 cb.after_step(step)
             counted += 1
+            boundary = step % log_every == 0 or step == steps - 1 or (step + 1) % checkpoint_every == 0
+            if boundary and not eager_check:
+                check(finite, step, since=True)
             if (step % log_every == 0 or step == steps - 1) and rank == 0:
                 row = {"step": step, "train_loss": running.item() / counted}
                 if evaluate is not None:

@@ -82,9 +82,22 @@ class LocalityLinear(nn.Linear):
     def __init__(self, in_layout, out_layout, decay="inverse", radius=None, p: float = 2.0,
                  normalize: bool = False, bias: bool = True, prior: bool = True):
         super().__init__(in_layout.n, out_layout.n, bias=bias)
-        self.in_layout, self.out_layout = in_layout, out_layout
+        # Positions live on the module (saved with its state_dict); the Layouts are views of them.
+        self.register_buffer("in_positions", in_layout.unit_coords.float())
+        self.register_buffer("topo_positions", out_layout.unit_coords.float())
+        self._kinds = (in_layout.kind, out_layout.kind)
         if prior:
             apply_locality_prior(self, in_layout, out_layout, decay, radius, p, normalize)
         else:
             parametrize.register_parametrization(
                 self, "weight", LocalityPrior(torch.ones(out_layout.n, in_layout.n, dtype=self.weight.dtype)))
+
+    @property
+    def in_layout(self):
+        from ..layout import Layout
+        return Layout(self.in_positions.double().cpu(), kind=self._kinds[0])
+
+    @property
+    def out_layout(self):
+        from ..layout import Layout
+        return Layout(self.topo_positions.double().cpu(), kind=self._kinds[1])
