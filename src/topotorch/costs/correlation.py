@@ -14,8 +14,6 @@ computed in float32 with autocast off.
 """
 from __future__ import annotations
 
-import math
-import weakref
 from typing import Mapping
 
 import torch
@@ -76,33 +74,6 @@ class _Covariance(torch.autograd.Function):
         return torch.addmm((mu @ Sym).neg_().unsqueeze(0), X, Sym)
 
 
-class _BufferPool:
-    """Reusable CPU buffers for tensors kept from a forward to its backward.
-
-    Fresh multi-megabyte CPU tensors are page-faulted in on every step (their cost rivals the products
-    they feed), so buffers are reused. A buffer is lent to one autograd node and returns to the pool only
-    when that node is freed, so reuse can never overwrite data that a pending backward still needs.
-    """
-
-    def __init__(self):
-        self.items: list = []  # [flat tensor, weak reference to its owner or None]
-
-    def take(self, owner, shape: tuple, dtype: torch.dtype, capacity: int = 0) -> torch.Tensor:
-        """A ``shape`` tensor lent to ``owner`` (``None``: scratch, free again at once); new buffers hold at
-        least ``capacity`` elements so that varying shapes can share them."""
-        numel = math.prod(shape)
-        for item in self.items:
-            t, ref = item
-            if (ref is None or ref() is None) and t.dtype == dtype and numel <= t.numel():
-                item[1] = weakref.ref(owner) if owner is not None else None
-                return t[:numel].view(shape)
-        # Free buffers too small or of another type are dropped, not hoarded.
-        self.items = [it for it in self.items if it[1] is not None and it[1]() is not None]
-        t = torch.empty(max(numel, capacity), dtype=dtype)
-        self.items.append([t, weakref.ref(owner) if owner is not None else None])
-        return t[:numel].view(shape)
-
-
 class _WindowCovariance(torch.autograd.Function):
     """Covariances within windows of several sheets of one shape: ``idx (S, k, m)``, ``Xs`` S × ``(N, n)``
     → ``(S·k, m, m)``.
@@ -117,10 +88,9 @@ class _WindowCovariance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pool, idx, *Xs):
+    def forward(ctx, idx, *Xs):
         S, k, m = idx.shape
         N, n = Xs[0].shape
-        cpu = Xs[0].device.type == "cpu"
         idx = idx.cpu()  # plans are made on the host: no device synchronisation
         plans = []  # (sheets, gathered columns, window positions within them or None)
         if S * N * n <= 2 ** 20:
@@ -133,15 +103,12 @@ class _WindowCovariance(torch.autograd.Function):
                     plans.append(([s], cols, pos))
                 else:
                     plans.append(([s], idx[s].flatten(), None))
-        dev, dtype = Xs[0].device, Xs[0].dtype
+        dev = Xs[0].device
         plans = [(sh, cols.to(dev), None if pos is None else pos.to(dev)) for sh, cols, pos in plans]
         As, Cs = [], []
         for sheets, cols, pos in plans:
-            # The lent buffer is taken before the scratch one, so the two can never be the same memory.
-            A = pool.take(ctx, (N, len(cols)), dtype, N * n) if cpu else None
-            src = Xs[sheets[0]] if len(sheets) == 1 else torch.cat(
-                [Xs[s] for s in sheets], 1, out=pool.take(None, (N, len(sheets) * n), dtype) if cpu else None)
-            A = torch.index_select(src, 1, cols, out=A)
+            src = Xs[sheets[0]] if len(sheets) == 1 else torch.cat([Xs[s] for s in sheets], 1)
+            A = torch.index_select(src, 1, cols)
             A.sub_(A.mean(0, keepdim=True))
             As.append(A)
             if pos is None:
@@ -151,7 +118,7 @@ class _WindowCovariance(torch.autograd.Function):
                 CU = (A.t() @ A).div_(N)
                 Cs.append(CU[pos[:, :, None], pos[:, None, :]])
         ctx.save_for_backward(*As)
-        ctx.n, ctx.k, ctx.pool, ctx.plans = n, k, pool, plans
+        ctx.n, ctx.k, ctx.plans = n, k, plans
         return torch.cat(Cs) if len(Cs) > 1 else Cs[0]
 
     @staticmethod
@@ -163,23 +130,22 @@ class _WindowCovariance(torch.autograd.Function):
         for (sheets, cols, pos), A in zip(ctx.plans, As):
             Gc = G[row:row + len(sheets) * k]
             row += len(sheets) * k
-            out = ctx.pool.take(None, tuple(A.shape), A.dtype, N * n) if A.device.type == "cpu" else None
             if pos is not None:
                 u = A.shape[1]
                 GU = torch.zeros(u, u, dtype=G.dtype, device=G.device)
                 GU.index_put_((pos[:, :, None].expand_as(Gc), pos[:, None, :].expand_as(Gc)), Gc, accumulate=True)
-                dA = torch.mm(A, (GU + GU.t()).div_(N), out=out)
+                dA = torch.mm(A, (GU + GU.t()).div_(N))
                 dX = torch.zeros(N, n, dtype=A.dtype, device=A.device)
                 grads.append(dX.index_copy_(1, cols, dA))
                 continue
             # dW is written in the gathered layout (N, c·k·m) so that one index_add scatters every window.
             c = len(sheets)
             W = A.view(N, c * k, -1).transpose(0, 1)
-            dA = torch.empty_like(A) if out is None else out
+            dA = torch.empty_like(A)
             torch.bmm(W, (Gc + Gc.transpose(1, 2)).div_(N), out=dA.view(N, c * k, -1).transpose(0, 1))
             dX = torch.zeros(N, c * n, dtype=A.dtype, device=A.device).index_add_(1, cols, dA)
             grads += [dX] if c == 1 else [dX[:, i * n:(i + 1) * n] for i in range(c)]
-        return (None, None, *grads)
+        return (None, *grads)
 
 
 def covariance(X: torch.Tensor) -> torch.Tensor:
@@ -298,7 +264,6 @@ class _Group:
             s0 = sheets[0]
             self.D, self.Dc, self.sdd = s0.Dw.to(device), s0.Dcw.to(device), s0.sddw.to(device)
             self.table = torch.stack([s.windows for s in sheets])  # (S, windows, m), CPU
-            self.pool = _BufferPool()
 
 
 class SpatialCorrelationLoss:
@@ -427,7 +392,7 @@ class SpatialCorrelationLoss:
                 idx = idx.to(r.device)
                 r = r[torch.arange(S, device=r.device)[:, None, None, None], idx[..., :, None], idx[..., None, :]]
             else:
-                r = _corr_from_cov(_WindowCovariance.apply(g.pool, idx, *acts)).view(S, k, m, m)
+                r = _corr_from_cov(_WindowCovariance.apply(idx, *acts)).view(S, k, m, m)
         loss = _relative(r, g.Dc, g.sdd) if self.kind == "relative" else _absolute(r, g.D)
         return loss if self.mode == "exact" else loss.mean(-1)
 
