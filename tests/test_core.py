@@ -360,3 +360,30 @@ def test_fit_accumulates_gradients_like_one_big_batch_and_stops_on_nan(tmp_path)
         fit(m, opt, lambda step, micro: F.mse_loss(m(x), y) * (float("nan") if step == 2 else 1.0), 5,
             out=tmp_path, checkpoint_every=1, progress=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == "step-00000002"
+
+
+class SkipMLP(MyMLP):
+    """A residual connection reads h1 directly: relocating h1 without declaring it would change outputs."""
+
+    def forward(self, x):
+        h1 = F.silu(self.fc1(x))
+        h2 = F.silu(self.fc2(h1)) + h1[..., :10]
+        return self.fc3(h2)
+
+
+def test_verify_finds_an_undeclared_tensor_and_leaves_the_model_as_it_was():
+    m = SkipMLP()
+    _scramble(m)
+    g = _graph(m)
+    x = torch.randn(16, 4)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="'h1'.*'h2'|'h1'"):
+        g.verify(x, model=m)
+    assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+    g.layers[1].movable = g.layers[2].movable = False  # what the error suggests
+    g.verify(x, model=m)
+    before = m(x)
+    tt.relocate(g, tt.WiringCost(g), top_k=12)
+    assert _same(m(x), before)
+    m2 = MyMLP()
+    _graph(m2).verify(x, model=m2)  # a fully declared graph passes

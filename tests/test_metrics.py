@@ -85,3 +85,21 @@ def test_wiring_length_hand_value():
     g = tt.embed(model)
     # input at 0.5, outputs at 0.25 and 0.75; one kept connection of length sqrt(0.25² + 0.1²).
     assert M.wiring_length(g, 0.0, gap=0.1) == pytest.approx((0.25 ** 2 + 0.01) ** 0.5)
+
+
+def test_louvain_partition_scores_at_least_the_eigenvector_one_and_matches_networkx():
+    import networkx as nx
+    torch.manual_seed(3)
+    model = tt.MLP([6, 12, 12, 4])
+    g = tt.embed(model)
+    with torch.no_grad():
+        for lin in (model[0], model[2], model[4]):
+            lin.weight.mul_(torch.rand_like(lin.weight) < 0.35)
+    q_l, lab = M.modularity(g, 1e-3, "louvain", seed=0)
+    q_e, _ = M.modularity(g, 1e-3, "eigenvector")
+    assert q_l >= q_e - 1e-9
+    A, _ = M._adjacency(g, 1e-3)
+    A = A.toarray()
+    act = A.sum(1) > 0
+    comms = [set(np.nonzero(lab[act] == c)[0]) for c in np.unique(lab[act])]
+    assert q_l == pytest.approx(nx.community.modularity(nx.from_numpy_array(A[np.ix_(act, act)]), comms, weight="weight"))

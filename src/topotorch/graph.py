@@ -294,6 +294,45 @@ class NeuronGraph:
                     if isinstance(v, torch.Tensor) and v.shape == t.shape:
                         st[k] = v.index_select(port.dim, up.to(v.device))
 
+    @torch.no_grad()
+    def verify(self, *inputs, model: nn.Module | None = None, rtol: float = 1e-5, seed: int = 0) -> None:
+        """Check that moving each movable layer keeps the model's output on ``inputs``; raise otherwise.
+
+        The graph's rule (a closed layer, declared ports) cannot see a tensor indexed by a layer's units that
+        was never declared (a skip connection, an undeclared norm layer). This moves every movable layer by a
+        random permutation, runs the model, and moves it back exactly; a layer whose move changed the output
+        is named in the ``ValueError`` (declare the missing port, or ``movable=False``). The model is left
+        exactly as it was. ``model`` defaults to the one :func:`embed` recorded.
+        """
+        model = model if model is not None else self.model
+        if model is None:
+            raise ValueError("verify needs the model: pass model=...")
+        first = lambda out: out if isinstance(out, torch.Tensor) else out[0]
+        was = model.training
+        model.eval()
+        try:
+            ref = first(model(*inputs)).detach().clone()
+            scale = max(1.0, float(ref.abs().max()))
+            g = torch.Generator().manual_seed(seed)
+            bad = []
+            for i, layer in enumerate(self.layers):
+                if not self.is_movable(i) or layer.layout.m < 2:
+                    continue
+                sp = torch.randperm(layer.layout.m, generator=g)
+                self.permute(i, sp)
+                try:
+                    dev = float((first(model(*inputs)) - ref).abs().max())
+                finally:
+                    self.permute(i, torch.argsort(sp))
+                if not dev <= rtol * scale:
+                    bad.append(f"{layer.name!r} (|Δoutput| up to {dev:.3g})")
+        finally:
+            model.train(was)
+        if bad:
+            raise ValueError(f"moving layer(s) {', '.join(bad)} changes the model's output: a tensor indexed by "
+                             "their units is not declared (e.g. a skip connection or a norm layer). Declare it "
+                             "with add_port, or fix the layer with movable=False")
+
     # ---- hooks ----------------------------------------------------------------------------------
     def remove(self) -> None:
         """Detach the input/output permutation hooks (the buffers stay in the model)."""

@@ -470,10 +470,15 @@ class SpatialCorrelationLoss:
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:
-    """The module a ``torch.compile`` wrapper (``OptimizedModule``) stands for; other modules unchanged."""
-    while hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module):
-        model = model._orig_mod
-    return model
+    """The module a wrapper stands for: ``torch.compile``'s ``OptimizedModule``, ``DistributedDataParallel``
+    or ``DataParallel`` (nested too); other modules unchanged."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def _dynamo_used() -> bool:

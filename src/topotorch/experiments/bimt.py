@@ -131,14 +131,15 @@ def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds
     save_model(model, out / "model.safetensors")
     snap = M.threshold(model, cfg.threshold)
     pruned_test = F.mse_loss(model(data.x_test), data.y_test).item()
-    q, _ = M.modularity(graph, 0.0)
+    q, _ = M.modularity(graph, 0.0, "louvain", seed=cfg.seed)
+    q_eig, _ = M.modularity(graph, 0.0, "eigenvector")
     mods = M.modules(graph, 0.0)
     metrics = {
         "recipe": cfg.recipe, "variant": cfg.variant, "seed": cfg.seed, "steps": cfg.steps,
         "seconds": round(seconds, 2), "train_loss": train_loss, "test_loss": test_loss,
         "test_loss_pruned": pruned_test, "params_total": snap.total, "params_kept": snap.kept,
         "threshold": cfg.threshold, "wiring_length": M.wiring_length(graph, 0.0, gap=cfg.l0),
-        "modularity_q": q, "dependencies": M.dependencies(graph, 0.0), "modules": mods,
+        "modularity_q": q, "modularity_q_eigenvector": q_eig, "dependencies": M.dependencies(graph, 0.0), "modules": mods,
         "module_extents": M.module_extents(graph, 0.0),
     }
     draw_network(graph, out / "network.png", data.input_names, data.output_names, gap=cfg.l0,
