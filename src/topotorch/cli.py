@@ -55,7 +55,7 @@ def _cmd_workflow(args) -> int:
 def _cmd_reproduce(args) -> int:
     from .report import reproduce
     rows = reproduce(args.out, quick=args.quick, only=args.only.split(",") if args.only else None,
-                     progress=not args.quiet)
+                     progress=not args.quiet, seeds=args.seeds)
     return 0 if all(r["holds"] for r in rows) else 1
 
 
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     rp.add_argument("--quick", action="store_true", help="quick variants (a few minutes on a 2-core CPU)")
     rp.add_argument("--out", default="reproduce", help="output directory (default: reproduce)")
     rp.add_argument("--only", help="comma-separated recipes to run (default: all)")
+    rp.add_argument("--seeds", type=int, help="seeds per claim (default: 3 with --quick, 5 otherwise)")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
     for name, text in (("record", "per-task mean |activation| and variance of every neuron of a run"),
                        ("plot", "neuron positions coloured by task preference; per-task specificity maps"),

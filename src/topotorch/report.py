@@ -12,11 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .io import atomic_write_text
 from .metrics import extents_overlap
-from .recipes import run_recipe
+from .recipes import load_recipe, run_recipe
 
 __all__ = ["Claim", "CLAIMS", "reproduce"]
 
@@ -32,6 +33,7 @@ class Claim:
     overrides: dict
     quick: dict
     run_as: str = ""  # run directory name when a recipe appears twice
+    figures: Callable[[dict], dict] = lambda m: {}  # named numbers of one run, summarised as mean ± sd over seeds
 
 
 def _mods(m):
@@ -50,24 +52,32 @@ CLAIMS = [
                     f"ranges {'separate' if not extents_overlap(m['module_extents']) else 'overlap'}",
           lambda m: m["test_loss"] <= 1e-2 and m["dependencies"] == [[0, 2], [1, 3]] and len(m["modules"]) == 2
           and not extents_overlap(m["module_extents"]),
-          "network.png", {}, {}),
+          "network.png", {}, {},
+          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"], "modules": len(m["modules"]),
+                             "modularity Q": m["modularity_q"]}),
     Claim("BIMT ablation (seed 003)", "independence",
           "without the L1/wiring penalty most weights survive pruning and the network stays entangled",
           lambda m: f"{m['params_kept']}/{m['params_total']} weights kept; {len(m['modules'])} module(s)",
           lambda m: m["params_kept"] > 0.8 * m["params_total"] and len(m["modules"]) == 1,
-          "network.png", {"variant": "none"}, {"variant": "none", "steps": 5000}, run_as="independence-none"),
+          "network.png", {"variant": "none"}, {"variant": "none", "steps": 5000}, run_as="independence-none",
+          figures=lambda m: {"weights kept": m["params_kept"], "modules": len(m["modules"])}),
     Claim("BIMT (seed 003)", "feature-sharing", "test MSE 8.5e-5; nested dependencies y1 ⊂ y2 ⊂ y3",
           lambda m: f"test MSE {m['test_loss']:.2e}; dependencies {m['dependencies']}",
-          lambda m: m["test_loss"] <= 2e-4 and _nested(m["dependencies"]), "network.png", {}, {}),
+          lambda m: m["test_loss"] <= 2e-4 and _nested(m["dependencies"]), "network.png", {}, {},
+          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}),
     Claim("BIMT (seed 003)", "compositionality", "test MSE 1.3e-3",
-          lambda m: f"test MSE {m['test_loss']:.2e}", lambda m: m["test_loss"] <= 3e-3, "network.png", {}, {}),
+          lambda m: f"test MSE {m['test_loss']:.2e}", lambda m: m["test_loss"] <= 3e-3, "network.png", {}, {},
+          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}),
     Claim("Locality prior (seed 001)", "locality-prior",
           "accuracy 97.9 (local) vs 98.1 (control); LP-output spatial variance 8.46 vs 8.67, paired t = −6.5",
           lambda m: f"accuracy {100 * m['accuracy_local']:.1f} vs {100 * m['accuracy_control']:.1f}; variance "
                     f"{m['variance_local']:.2f} vs {m['variance_control']:.2f} (12×12 sheet), t = {m['t_statistic']:.1f}, "
                     f"p = {m['p_value']:.1e}, {m['n_pairs']} pairs",
           lambda m: abs(m["accuracy_local"] - m["accuracy_control"]) <= 0.02 and m["variance_local"] < m["variance_control"]
-          and m["p_value"] < 0.01, "maps.png", {}, {}),
+          and m["p_value"] < 0.01, "maps.png", {}, {},
+          figures=lambda m: {"accuracy local": m["accuracy_local"], "accuracy control": m["accuracy_control"],
+                             "variance local": m["variance_local"], "variance control": m["variance_control"],
+                             "paired t": m["t_statistic"]}),
     Claim("Spatial Neural Networks (seed 002)", "spatial-two-task",
           "with transport and proximity costs, neurons split into task clusters; task split networks keep their task",
           lambda m: f"task separation {m['task_separation']['spatial']:.2f} vs {m['task_separation']['control']:.2f} (control); "
@@ -76,7 +86,11 @@ CLAIMS = [
           lambda m: m["task_separation"]["spatial"] >= 0.3 and m["task_separation"]["spatial"] > m["task_separation"]["control"]
           and all(s >= 0.9 * f and s > c for s, f, c in zip(m["split_accuracy"]["spatial"], m["accuracy"],
                                                           m["split_accuracy"]["control"])),
-          "spatial/positions.png", {}, {}),
+          "spatial/positions.png", {}, {},
+          figures=lambda m: {"task separation spatial": m["task_separation"]["spatial"],
+                             "task separation control": m["task_separation"]["control"],
+                             **{f"split accuracy task {t + 1} spatial": a for t, a in enumerate(m["split_accuracy"]["spatial"])},
+                             **{f"split accuracy task {t + 1} control": a for t, a in enumerate(m["split_accuracy"]["control"])}}),
     Claim("TopoLM (seed 004)", "topolm",
           "noun–verb selectivity maps: Moran's I 0.78 (topographic) vs 0.12 (control), similar language-model loss",
           lambda m: f"Moran's I {m['morans_i_topo']:.2f} vs {m['morans_i_control']:.2f}; validation loss "
@@ -84,19 +98,42 @@ CLAIMS = [
                     f"{m['smoothness_control']:.2f}",
           lambda m: abs(m["val_loss_topo"] - m["val_loss_control"]) <= 0.05 * m["val_loss_control"]
           and m["morans_i_topo"] >= 0.5 and m["morans_i_topo"] >= m["morans_i_control"] + 0.3,
-          "maps_noun_verb.png", {}, {"quick": True}),
+          "maps_noun_verb.png", {}, {"quick": True},
+          figures=lambda m: {"Moran's I topo": m["morans_i_topo"], "Moran's I control": m["morans_i_control"],
+                             "val loss topo": m["val_loss_topo"], "val loss control": m["val_loss_control"],
+                             "smoothness topo": m["smoothness_topo"], "smoothness control": m["smoothness_control"]}),
     Claim("TDANN (topographic CNN)", "tdann-cnn",
           "smooth topographic maps (smoothness ≈ 0.8, ImageNet ResNet-18) where a control has none, at a modest accuracy cost",
           lambda m: f"smoothness {m['smoothness_topo']:.2f} vs {m['smoothness_control']:.2f} (conv2: "
                     f"{m['smoothness_per_layer_topo']['conv2']:.2f}); accuracy {100 * m['accuracy_topo']:.1f} vs "
                     f"{100 * m['accuracy_control']:.1f}",
           lambda m: m["smoothness_topo"] >= m["smoothness_control"] + 0.15 and abs(m["accuracy_topo"] - m["accuracy_control"]) <= 0.03,
-          "corr_distance.png", {}, {}),
+          "corr_distance.png", {}, {},
+          figures=lambda m: {"smoothness topo": m["smoothness_topo"], "smoothness control": m["smoothness_control"],
+                             "accuracy topo": m["accuracy_topo"], "accuracy control": m["accuracy_control"]}),
 ]
 
 
-def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True) -> list[dict]:
-    """Run the recipes behind :data:`CLAIMS` into ``out/<recipe>`` and write the report; returns the rows."""
+RULE = "a claim holds when it holds on a majority of the seeds (more than half)"
+
+
+def _summary(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.tolist()}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2e}" if x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e4) else f"{x:.3g}"
+
+
+def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True,
+              seeds: int | None = None) -> list[dict]:
+    """Run the recipes behind :data:`CLAIMS` over ``seeds`` seeds each (default 3 quick, 5 full) into
+    ``out/<recipe>/seed-<S>`` and write the report; returns the rows. Seeds start at the recipe's own
+    default seed (``S, S+1, …``)."""
+    seeds = seeds if seeds is not None else (3 if quick else 5)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be ≥ 1, got {seeds}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -106,34 +143,55 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
         raise ValueError(f"no recipe matches {only}; recipes: {sorted({c.recipe for c in CLAIMS})}")
     for k, c in enumerate(claims, 1):
         name = c.run_as or c.recipe
-        print(f"[{k}/{len(claims)}] {name} …", flush=True)
+        base = int(load_recipe(c.recipe).config.get("seed", 0))
+        seed_list = [base + i for i in range(seeds)]
         t = time.time()
-        m = run_recipe(c.recipe, out / name, c.quick if quick else c.overrides, progress=progress)
-        rows.append({"system": c.system, "recipe": name, "published": c.published, "measured": c.measured(m),
-                     "holds": bool(c.holds(m)), "seconds": round(time.time() - t, 1),
-                     "figure": str(Path(name) / c.figure)})
-        print(f"    {'holds' if rows[-1]['holds'] else 'DOES NOT HOLD'}: {rows[-1]['measured']}", flush=True)
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick,
+        per_seed, figs = [], {}
+        for seed in seed_list:
+            print(f"[{k}/{len(claims)}] {name}, seed {seed} …", flush=True)
+            over = dict(c.quick if quick else c.overrides, seed=seed)
+            m = run_recipe(c.recipe, out / name / f"seed-{seed}", over, progress=progress)
+            ok = bool(c.holds(m))
+            per_seed.append({"seed": seed, "holds": ok, "measured": c.measured(m)})
+            for key, v in c.figures(m).items():
+                figs.setdefault(key, []).append(float(v))
+            print(f"    {'holds' if ok else 'does not hold'}: {per_seed[-1]['measured']}", flush=True)
+        held = sum(p["holds"] for p in per_seed)
+        figures = {key: _summary(v) for key, v in figs.items()}
+        measured = "; ".join(f"{key} {_fmt(f['mean'])} ± {_fmt(f['sd'])}" for key, f in figures.items())
+        rows.append({"system": c.system, "recipe": name, "published": c.published, "measured": measured,
+                     "seeds": seed_list, "held": held, "holds": 2 * held > len(seed_list), "figures": figures,
+                     "per_seed": per_seed, "seconds": round(time.time() - t, 1),
+                     "figure": str(Path(name) / f"seed-{seed_list[0]}" / c.figure)})
+        print(f"  {name}: held on {held}/{len(seed_list)} seeds → {'holds' if rows[-1]['holds'] else 'DOES NOT HOLD'}",
+              flush=True)
+    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick, "rule": RULE,
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpus": torch.get_num_threads(), "seconds": round(time.time() - t0, 1)}
     atomic_write_text(out / "report.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
     atomic_write_text(out / "report.md", _markdown(rows, meta))
     atomic_write_text(out / "report.html", _html(rows, meta, out))
-    print(f"{sum(r['holds'] for r in rows)}/{len(rows)} claims hold; wrote {out}/report.md and {out}/report.html")
+    print(f"{sum(r['holds'] for r in rows)}/{len(rows)} claims hold ({RULE}); wrote {out}/report.md and "
+          f"{out}/report.html")
     return rows
 
 
 def _markdown(rows, meta) -> str:
     lines = [f"# topotorch reproduction report{' (quick)' if meta['quick'] else ''}", "",
              f"{meta['date']} · torch {meta['torch']} · Python {meta['python']} · {meta['machine']} · "
-             f"{meta['seconds']:.0f} s in all. Every measured value below was computed in this run.", "",
-             "| system | recipe | published claim | measured here | holds | time |", "|---|---|---|---|---|---|"]
+             f"{meta['seconds']:.0f} s in all. Every measured value below was computed in this run, as mean ± sd "
+             f"over the seeds listed; {meta['rule']}.", "",
+             "| system | recipe | published claim | measured here (mean ± sd) | seeds | held | holds | time |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['system']} | `{r['recipe']}` | {r['published']} | {r['measured']} | "
+                     f"{', '.join(map(str, r['seeds']))} | {r['held']}/{len(r['seeds'])} | "
                      f"{'✅ yes' if r['holds'] else '❌ no'} | {r['seconds']:.0f} s |")
     lines += [""]
     for r in rows:
-        lines += [f"## {r['system']} — `{r['recipe']}`", "", f"![{r['recipe']}]({r['figure']})", ""]
+        lines += [f"## {r['system']} — `{r['recipe']}`", "", f"Held on {r['held']}/{len(r['seeds'])} seeds.", ""]
+        lines += [f"- seed {p['seed']}: {'holds' if p['holds'] else 'does not hold'} — {p['measured']}" for p in r["per_seed"]]
+        lines += ["", f"![{r['recipe']}]({r['figure']}) (seed {r['seeds'][0]})", ""]
     return "\n".join(lines)
 
 
@@ -147,16 +205,21 @@ def _html(rows, meta, out: Path) -> str:
     esc = html.escape
     body = [f"<h1>topotorch reproduction report{' (quick)' if meta['quick'] else ''}</h1>",
             f"<p>{esc(meta['date'])} · torch {esc(meta['torch'])} · Python {esc(meta['python'])} · "
-            f"{esc(meta['machine'])} · {meta['seconds']:.0f} s in all. Every measured value was computed in this run.</p>",
-            "<table><tr><th>system</th><th>recipe</th><th>published claim</th><th>measured here</th><th>holds</th>"
-            "<th>time</th></tr>"]
+            f"{esc(meta['machine'])} · {meta['seconds']:.0f} s in all. Every measured value was computed in this run, "
+            f"as mean ± sd over the seeds listed; {esc(meta['rule'])}.</p>",
+            "<table><tr><th>system</th><th>recipe</th><th>published claim</th><th>measured here (mean ± sd)</th>"
+            "<th>seeds</th><th>held</th><th>holds</th><th>time</th></tr>"]
     for r in rows:
         body.append(f"<tr><td>{esc(r['system'])}</td><td><code>{esc(r['recipe'])}</code></td><td>{esc(r['published'])}</td>"
-                    f"<td>{esc(r['measured'])}</td><td class='{'ok' if r['holds'] else 'no'}'>"
+                    f"<td>{esc(r['measured'])}</td><td>{esc(', '.join(map(str, r['seeds'])))}</td>"
+                    f"<td>{r['held']}/{len(r['seeds'])}</td><td class='{'ok' if r['holds'] else 'no'}'>"
                     f"{'yes' if r['holds'] else 'no'}</td><td>{r['seconds']:.0f} s</td></tr>")
     body.append("</table>")
     for r in rows:
-        body.append(f"<h2>{esc(r['system'])} — <code>{esc(r['recipe'])}</code></h2>{img(r['figure'])}")
+        seeds = "".join(f"<li>seed {p['seed']}: {'holds' if p['holds'] else 'does not hold'} — {esc(p['measured'])}</li>"
+                        for p in r["per_seed"])
+        body.append(f"<h2>{esc(r['system'])} — <code>{esc(r['recipe'])}</code></h2><p>Held on {r['held']}/"
+                    f"{len(r['seeds'])} seeds.</p><ul>{seeds}</ul>{img(r['figure'])}<p>(seed {r['seeds'][0]})</p>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:6px;vertical-align:top}"
              "th{background:#f3f3f3}.ok{color:#11772d;font-weight:bold}.no{color:#b00020;font-weight:bold}"
