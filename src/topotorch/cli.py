@@ -52,6 +52,27 @@ def _cmd_workflow(args) -> int:
     return 0
 
 
+def _cmd_blimp(args) -> int:
+    from pathlib import Path
+
+    from .data import blimp
+    from .experiments.topolm import blimp_accuracy, load_arm
+    from .io import write_json
+    run = Path(args.run)
+    arms = [a.name for a in sorted(run.iterdir()) if (a / "model.safetensors").is_file()] if run.is_dir() else []
+    if not arms:
+        raise FileNotFoundError(f"{run}: no arm with a model.safetensors — not a trained topolm run directory")
+    pairs = blimp(args.source, args.phenomena.split(",") if args.phenomena else None)
+    res = {}
+    for arm in arms:
+        cfg, model = load_arm(run, arm)
+        res[arm] = blimp_accuracy(model, model.config.vocab_size, cfg.block_size, pairs)
+        print(f"{arm}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[arm].items()))
+    write_json(run / "blimp.json", {"source": str(args.source), "accuracy": res})
+    print(f"wrote {run / 'blimp.json'}")
+    return 0
+
+
 def _cmd_reproduce(args) -> int:
     from .report import reproduce
     rows = reproduce(args.out, quick=args.quick, only=args.only.split(",") if args.only else None,
@@ -83,6 +104,10 @@ def main(argv=None) -> int:
     rp.add_argument("--only", help="comma-separated recipes to run (default: all)")
     rp.add_argument("--seeds", type=int, help="seeds per claim (default: 3 with --quick, 5 otherwise)")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
+    b = sub.add_parser("blimp", help="BLiMP minimal-pair accuracy of every arm of a byte-level topolm run")
+    b.add_argument("run", help="topolm run directory (trained with --set data=FILE)")
+    b.add_argument("--source", default="nyu-mll/blimp", help="folder of BLiMP .jsonl files, or the hub dataset")
+    b.add_argument("--phenomena", help="comma-separated phenomena (default: every file in the folder)")
     for name, text in (("record", "per-task mean |activation| and variance of every neuron of a run"),
                        ("plot", "neuron positions coloured by task preference; per-task specificity maps"),
                        ("split", "assign neurons to tasks and write one task-specific model per task"),
@@ -94,9 +119,9 @@ def main(argv=None) -> int:
             w.add_argument("--seed", type=int, default=0, help="seed of the probability method")
     args = p.parse_args(argv)
     try:
-        handler = {"run": _cmd_run, "reproduce": _cmd_reproduce}.get(args.cmd, _cmd_workflow)
+        handler = {"run": _cmd_run, "reproduce": _cmd_reproduce, "blimp": _cmd_blimp}.get(args.cmd, _cmd_workflow)
         rc = handler(args)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"topotorch: error: {_one_line(e)}", file=sys.stderr)
         rc = 2
     except RuntimeError as e:  # e.g. TrainingDiverged

@@ -361,3 +361,59 @@ def load_dataset(name: str, seed: int, data_dir: str = "data/mnist", download: b
                          "topotorch.data.register_dataset")
     return DATASETS[name](seed, data_dir, download, flat)
 __all__ += ["DATASETS", "register_dataset", "load_dataset"]
+
+
+# ---- BLiMP minimal pairs ----------------------------------------------------------------------------
+
+def blimp(source: str = "nyu-mll/blimp", phenomena: list[str] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """BLiMP minimal pairs per phenomenon: ``{phenomenon: [(sentence_good, sentence_bad), …]}``.
+
+    ``source`` is a folder of BLiMP-format ``*.jsonl`` files (one per phenomenon, fields ``sentence_good`` and
+    ``sentence_bad``) or a Hugging Face dataset name (``nyu-mll/blimp``, read through the optional
+    ``datasets`` package; needs a network the first time, cached after). ``phenomena`` selects some
+    (default: every file in the folder; with the hub, required)."""
+    import json
+    from pathlib import Path
+    p = Path(source)
+    out: dict[str, list[tuple[str, str]]] = {}
+    if p.is_dir():
+        files = sorted(p.glob("*.jsonl"))
+        if phenomena is not None:
+            missing = [ph for ph in phenomena if not (p / f"{ph}.jsonl").is_file()]
+            if missing:
+                raise FileNotFoundError(f"{p}: no {missing[0]}.jsonl; phenomena here: {[f.stem for f in files]}")
+            files = [p / f"{ph}.jsonl" for ph in phenomena]
+        if not files:
+            raise FileNotFoundError(f"{p}: no BLiMP .jsonl files in this folder")
+        for f in files:
+            pairs = []
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    pairs.append((row["sentence_good"], row["sentence_bad"]))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{f}:{n}: not a BLiMP pair with sentence_good and sentence_bad ({e})") from None
+            out[f.stem] = pairs
+        return out
+    if "/" not in str(source) or p.suffix:
+        raise FileNotFoundError(f"{source}: no such folder of BLiMP .jsonl files")
+    if not phenomena:
+        raise ValueError("name the phenomena to load from the hub, e.g. ['anaphor_gender_agreement']")
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("loading BLiMP from the hub needs the optional 'datasets' package: "
+                          "pip install 'topotorch[data]' (or pass a folder of .jsonl files)") from None
+    for ph in phenomena:
+        try:
+            ds = datasets.load_dataset(str(source), ph, split="train")
+        except Exception as e:  # offline, unknown phenomenon: datasets raises many types
+            raise RuntimeError(f"could not load BLiMP phenomenon {ph!r} from {source} ({type(e).__name__}: {e}); "
+                               "offline, pass a folder of BLiMP .jsonl files instead") from None
+        out[ph] = list(zip(ds["sentence_good"], ds["sentence_bad"]))
+    return out
+
+
+__all__ += ["blimp"]

@@ -20,7 +20,8 @@ from ..graph import embed
 from ..io import save_model, write_json
 from ..models import MLP
 from ..plot import draw_network, plot_curves
-from ..train import Relocation, WiringPenalty, fit, piecewise
+from ..relocate import relocate
+from ..train import Callback, Relocation, WiringPenalty, fit, piecewise
 from . import kind
 from .common import start_run
 
@@ -65,6 +66,13 @@ class BIMTConfig:
     no_penalize_last: bool = False
     variant: Literal["none", "l1", "l1-local", "l1-swap", "full"] = "full"
     threshold: float = 1e-2
+    # Prune, then fine-tune (0 steps: the seed's procedure): weights at or below `threshold` are zeroed and the
+    # others tried from the smallest up, each zeroed unless the train MSE would exceed `prune_budget` × the
+    # unpruned one; the survivors train `finetune_steps` more with pruned weights held at zero (λ and swaps as
+    # at the end), then relocation runs until no unit moves (`final_sweep`).
+    finetune_steps: int = 0
+    prune_budget: float = 2.0
+    final_sweep: bool = False
     log_interval: int = 200
     checkpoint_interval: int = 2000
     threads: int = 1
@@ -78,6 +86,8 @@ class BIMTConfig:
         if len(self.shape) < 2 or self.shape[0] != d_in or self.shape[-1] != n_out:
             raise ValueError(f"shape {self.shape} does not fit task {self.task!r}: needs {d_in} inputs and "
                              f"{n_out} outputs")
+        if self.finetune_steps < 0 or self.prune_budget < 1:
+            raise ValueError("finetune_steps must be ≥ 0 and prune_budget ≥ 1")
         for k in ("steps", "swap_interval", "top_k", "log_interval", "checkpoint_interval", "threads"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be ≥ 1, got {getattr(self, k)}")
@@ -116,15 +126,77 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
         with torch.no_grad():
             return {"test_loss": F.mse_loss(model(xt), yt).item()}
 
-    info = fit(model, opt, lambda step, micro: F.mse_loss(model(x), y), cfg.steps, out=out, resume=resume,
+    loss_fn = lambda step, micro: F.mse_loss(model(x), y)  # noqa: E731
+    info = fit(model, opt, loss_fn, cfg.steps, out=out, resume=resume,
                callbacks=callbacks, evaluate=evaluate, log_every=cfg.log_interval,
                checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"{cfg.recipe}[{cfg.variant}]",
                tensorboard=cfg.tensorboard)
-    return finish_bimt(cfg, out, model, graph, data, info["seconds"])
+    seconds, extra = info["seconds"], {}
+    if cfg.finetune_steps:
+        extra = prune_for_budget(graph, model, x, y, cfg.threshold, cfg.prune_budget)
+        last = cfg.steps - 1
+        tail = [WiringPenalty(cost, lambda step: lam_at(last), 0), Masks(model)]
+        if swap_on:
+            tail.append(Relocation(graph, reloc_cost, opt, cfg.swap_interval, cfg.top_k, cfg.relocate_method))
+        info = fit(model, opt, loss_fn, cfg.finetune_steps, out=out / "finetune", resume=resume, callbacks=tail,
+                   evaluate=evaluate, log_every=cfg.log_interval, checkpoint_every=cfg.checkpoint_interval,
+                   progress=progress, desc=f"{cfg.recipe}[{cfg.variant}] fine-tune")
+        seconds += info["seconds"]
+    if cfg.final_sweep and swap_on:
+        sweep_cost = WiringCost(graph, A=cfg.A, **cost_args)
+        for _ in range(50):  # function-preserving; stops when a whole round moves nothing
+            if not relocate(graph, sweep_cost, max(graph.shape), "assignment", optimizer=opt):
+                break
+    return finish_bimt(cfg, out, model, graph, data, seconds, extra)
 
 
 @torch.no_grad()
-def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds: float) -> dict:
+def prune_for_budget(graph, model, x, y, start: float, budget: float) -> dict:
+    """Greedy magnitude pruning to a loss budget: every weight with ``|w| <= start`` is zeroed, then the others
+    are tried from the smallest up and each is zeroed unless that takes the train MSE above ``budget`` × the
+    unpruned MSE (a weight the function needs is skipped, the next one tried). Returns
+    ``{"pruned_weights", "train_loss_before_prune", "train_loss_after_prune"}``."""
+    base = F.mse_loss(model(x), y).item()
+    pruned = 0
+    entries = []
+    for w in graph.weights:
+        W = w.weight
+        small = (W.abs() <= start) & (W != 0)
+        pruned += int(small.sum())
+        W.masked_fill_(small, 0.0)
+        for idx in torch.nonzero(W).tolist():
+            entries.append((abs(float(W[tuple(idx)])), W, tuple(idx)))
+    limit = budget * max(base, F.mse_loss(model(x), y).item() if pruned else base)
+    for _, W, idx in sorted(entries, key=lambda e: e[0]):
+        old = W[idx].item()
+        W[idx] = 0.0
+        if F.mse_loss(model(x), y).item() > limit:
+            W[idx] = old
+        else:
+            pruned += 1
+    return {"pruned_weights": pruned, "train_loss_before_prune": base,
+            "train_loss_after_prune": F.mse_loss(model(x), y).item()}
+
+
+class Masks(Callback):
+    """Holds the parameter entries that are zero now at zero: gradients masked, values re-zeroed after steps."""
+
+    def __init__(self, model):
+        self.items = [(p, p.detach() != 0) for p in model.parameters() if p.is_floating_point()]
+
+    def before_step(self, step: int) -> None:
+        for p, m in self.items:
+            if p.grad is not None:
+                p.grad.mul_(m)
+
+    def after_step(self, step: int) -> None:
+        with torch.no_grad():
+            for p, m in self.items:
+                p.mul_(m)
+
+
+@torch.no_grad()
+def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds: float, extra: dict | None = None) -> dict:
     """Evaluate, prune at ``cfg.threshold``, analyse and write every artefact of a BIMT run."""
     train_loss = F.mse_loss(model(data.x_train), data.y_train).item()
     test_loss = F.mse_loss(model(data.x_test), data.y_test).item()
@@ -140,7 +212,7 @@ def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds
         "test_loss_pruned": pruned_test, "params_total": snap.total, "params_kept": snap.kept,
         "threshold": cfg.threshold, "wiring_length": M.wiring_length(graph, 0.0, gap=cfg.l0),
         "modularity_q": q, "modularity_q_eigenvector": q_eig, "dependencies": M.dependencies(graph, 0.0), "modules": mods,
-        "module_extents": M.module_extents(graph, 0.0),
+        "module_extents": M.module_extents(graph, 0.0), **(extra or {}),
     }
     draw_network(graph, out / "network.png", data.input_names, data.output_names, gap=cfg.l0,
                  title=f"{cfg.recipe} [{cfg.variant}] pruned at {cfg.threshold:g}: test MSE {pruned_test:.2e}")

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from .. import data as D
 from .. import layout as L
 from .. import metrics as M
-from ..gpt import GPT, GPTConfig
+from ..gpt import GPT, GPTConfig, sequence_logprob
 from ..hooks import record
 from ..io import check_same_config, save_model, write_json
 from ..topography import attach
@@ -73,6 +73,8 @@ class TopoLMConfig:
     threads: int = 2
     tensorboard: bool = False        # also log to <arm>/tb (pip install 'topotorch[tensorboard]')
     quick: bool = False              # a < 1 minute variant for tests
+    blimp: str = ""                  # BLiMP minimal pairs (a folder of .jsonl, or nyu-mll/blimp): byte-level text only
+    blimp_phenomena: list[str] | None = None
 
     def validate(self):
         if math.isqrt(self.n_embd) ** 2 != self.n_embd:
@@ -328,6 +330,39 @@ def plot_corr_distance(results: dict, path):
     plt.close(fig)
 
 
+def blimp_accuracy(model, vocab_size: int, block_size: int, pairs: dict) -> dict:
+    """Per-phenomenon BLiMP accuracy of a byte-level LM: a pair counts when the good sentence's total
+    log-probability (UTF-8 bytes, each given a newline and the bytes before it) is higher. Adds ``"mean"``."""
+    if vocab_size != 256:
+        raise ValueError("BLiMP needs a byte-level model (vocabulary 256): train on text with --set data=FILE")
+    enc = lambda t: list(t.encode("utf-8"))  # noqa: E731
+    acc = {}
+    for ph, ps in pairs.items():
+        good = sequence_logprob(model, [enc(g) for g, _ in ps], block_size, context=[10])
+        bad = sequence_logprob(model, [enc(b) for _, b in ps], block_size, context=[10])
+        acc[ph] = float((good > bad).double().mean())
+    acc["mean"] = float(np.mean([acc[ph] for ph in pairs]))
+    return acc
+
+
+def load_arm(run, arm: str):
+    """``(config, GPT)`` of one arm of a ``topolm`` run directory (positions buffers dropped)."""
+    from ..config import from_dict
+    from ..io import read_json, read_tensors
+    run = Path(run)
+    conf = read_json(run / "config.json", "run config").get("config")
+    if not isinstance(conf, dict):
+        raise ValueError(f"{run / 'config.json'}: no 'config' object — not a topolm run directory")
+    cfg = from_dict(TopoLMConfig, conf)
+    vocab = len(D.grammar_corpus(cfg.n_sentences, cfg.seed).vocab) if cfg.data == "grammar" else 256
+    model = GPT(GPTConfig(cfg.block_size, vocab, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout))
+    sd, _ = read_tensors(run / arm / "model.safetensors")
+    sd = {k: v for k, v in sd.items() if not k.endswith("topo_positions")}
+    sd["lm_head.weight"] = sd.get("lm_head.weight", sd["wte.weight"])
+    model.load_state_dict(sd)
+    return cfg, model
+
+
 @kind("topolm", TopoLMConfig)
 def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """The ``topolm`` recipe: both arms trained with the same seed, analysed, compared."""
@@ -343,6 +378,9 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"config": conf})
     results, layouts, summaries = {}, {}, {}
+    pairs = D.blimp(cfg.blimp, cfg.blimp_phenomena) if cfg.blimp else None
+    if pairs is not None and tokens.vocab_size != 256:
+        raise ValueError("BLiMP needs a byte-level model: train on text (--set data=FILE)")
     for arm in cfg.arms:
         alpha = cfg.alpha if arm == "topo" else 0.0
         s = train_lm(cfg, out / arm, alpha, tokens, resume=resume, progress=progress)
@@ -350,6 +388,8 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         if rank == 0 and tokens.word_class is not None:
             results[arm] = analyse_lm(s["model"], s["sheets"], tokens, cfg, s["device"])
             layouts[arm] = {n: lay for n, _, lay in s["sheets"]}
+        if rank == 0 and cfg.blimp:
+            summaries[arm]["blimp"] = blimp_accuracy(s["model"], tokens.vocab_size, cfg.block_size, pairs)
     if dist.is_initialized():  # the barrier: rank 0 may still be analysing
         dist.barrier()
         dist.destroy_process_group()
@@ -367,6 +407,8 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
             metrics[f"ddp_identical_{arm}"] = summaries[arm]["ddp_identical"]
         if summaries[arm]["preopt"]:
             metrics[f"preopt_{arm}"] = summaries[arm]["preopt"]
+        if "blimp" in summaries[arm]:
+            metrics[f"blimp_{arm}"] = summaries[arm]["blimp"]
     if results:
         plot_maps(results, layouts, out / "maps_noun_verb.png")
         plot_maps(results, layouts, out / "maps_language.png", "t_map_language", "sentences − shuffled words Welch t")
