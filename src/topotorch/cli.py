@@ -65,11 +65,53 @@ def _cmd_blimp(args) -> int:
     pairs = blimp(args.source, args.phenomena.split(",") if args.phenomena else None)
     res = {}
     for arm in arms:
-        cfg, model = load_arm(run, arm)
+        cfg, model, _ = load_arm(run, arm)
         res[arm] = blimp_accuracy(model, model.config.vocab_size, cfg.block_size, pairs)
         print(f"{arm}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[arm].items()))
     write_json(run / "blimp.json", {"source": str(args.source), "accuracy": res})
     print(f"wrote {run / 'blimp.json'}")
+    return 0
+
+
+def _cmd_stimuli(args) -> int:
+    import csv
+    from pathlib import Path
+
+    from .data import grammar_corpus, stimulus_table
+    from .experiments.topolm import contrast_maps, encode_text, load_arm, plot_maps, stimulus_responses
+    from .io import write_json
+    run = Path(args.run)
+    arms = [a.name for a in sorted(run.iterdir()) if (a / "model.safetensors").is_file()] if run.is_dir() else []
+    if not arms:
+        raise FileNotFoundError(f"{run}: no arm with a model.safetensors — not a trained topolm run directory")
+    if args.contrast.count("-") != 1:
+        raise ValueError(f"--contrast is A-B (two condition values), got {args.contrast!r}")
+    a, b = args.contrast.split("-")
+    path = stimulus_table(args.file)
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for col in (args.text, args.condition):
+        if not rows or col not in rows[0]:
+            raise ValueError(f"{path}: no column {col!r}; columns: {list(rows[0]) if rows else []}")
+    rows = [r for r in rows if r[args.condition] in (a, b)]
+    out = Path(args.out) if args.out else run / "stimuli"
+    out.mkdir(parents=True, exist_ok=True)
+    res, layouts = {}, {}
+    for arm in arms:
+        cfg, model, positions = load_arm(run, arm)
+        vocab = None if cfg.data != "grammar" else grammar_corpus(cfg.n_sentences, cfg.seed).vocab
+        ids = [encode_text(r[args.text], vocab) for r in rows]
+        mods = dict(model.sheets(cfg.sheets))
+        resp = stimulus_responses(model, mods, ids, cfg.block_size)
+        res[arm] = contrast_maps(resp, positions, [r[args.condition] for r in rows], a, b, args.smooth, seed=cfg.seed)
+        layouts[arm] = positions
+        print(f"{arm}: Moran's I {res[arm]['morans_i']:.3f} (shuffled {res[arm]['morans_i_null']:.3f}), smoothed "
+              f"{res[arm]['morans_i_smoothed']:.3f} (shuffled {res[arm]['morans_i_smoothed_null']:.3f}), "
+              f"{res[arm]['significant_units']:.1f} significant units per sheet")
+    plot_maps(res, layouts, out / f"tmaps_{a}-{b}.png", title=f"{Path(path).name}: {a} − {b} Welch t")
+    write_json(out / "stimuli.json", {"file": str(path), "text": args.text, "condition": args.condition,
+                                      "contrast": args.contrast, "fwhm": args.smooth, "arms": res})
+    print(f"wrote {out / 'stimuli.json'}")
     return 0
 
 
@@ -108,6 +150,14 @@ def main(argv=None) -> int:
     b.add_argument("run", help="topolm run directory (trained with --set data=FILE)")
     b.add_argument("--source", default="nyu-mll/blimp", help="folder of BLiMP .jsonl files, or the hub dataset")
     b.add_argument("--phenomena", help="comma-separated phenomena (default: every file in the folder)")
+    st = sub.add_parser("stimuli", help="probe every arm of a topolm run with a stimulus table (TopoLM's protocol)")
+    st.add_argument("run", help="topolm run directory")
+    st.add_argument("--file", required=True, help="CSV table, or fedorenko / elli (TopoLM's, downloaded and cached)")
+    st.add_argument("--text", required=True, help="column holding the stimulus text")
+    st.add_argument("--condition", required=True, help="column holding the condition")
+    st.add_argument("--contrast", required=True, help="A-B: the two conditions compared (e.g. S-N, noun-verb)")
+    st.add_argument("--smooth", type=float, default=2.0, help="Gaussian FWHM in cells (TopoLM: 2; 0: none)")
+    st.add_argument("--out", help="output directory (default RUN/stimuli)")
     for name, text in (("record", "per-task mean |activation| and variance of every neuron of a run"),
                        ("plot", "neuron positions coloured by task preference; per-task specificity maps"),
                        ("split", "assign neurons to tasks and write one task-specific model per task"),
@@ -119,7 +169,7 @@ def main(argv=None) -> int:
             w.add_argument("--seed", type=int, default=0, help="seed of the probability method")
     args = p.parse_args(argv)
     try:
-        handler = {"run": _cmd_run, "reproduce": _cmd_reproduce, "blimp": _cmd_blimp}.get(args.cmd, _cmd_workflow)
+        handler = {"run": _cmd_run, "reproduce": _cmd_reproduce, "blimp": _cmd_blimp, "stimuli": _cmd_stimuli}.get(args.cmd, _cmd_workflow)
         rc = handler(args)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"topotorch: error: {_one_line(e)}", file=sys.stderr)

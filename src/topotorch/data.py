@@ -417,3 +417,42 @@ def blimp(source: str = "nyu-mll/blimp", phenomena: list[str] | None = None) -> 
 
 
 __all__ += ["blimp"]
+
+
+# ---- TopoLM's stimulus tables -----------------------------------------------------------------------
+
+STIMULI = {  # TopoLM (epflneuroailab/topolm) eval/stimuli/, as released; cite the papers behind them
+    "fedorenko": "https://raw.githubusercontent.com/epflneuroailab/topolm/main/eval/stimuli/fedorenko_stimuli.csv",
+    "elli": "https://raw.githubusercontent.com/epflneuroailab/topolm/main/eval/stimuli/elli_stimuli.csv",
+}
+
+
+def stimulus_table(name_or_path, cache_dir=None):
+    """Path of a stimulus CSV: a file path as given, or ``fedorenko`` (language localizer, Fedorenko et al.
+    2010) / ``elli`` (noun–verb pairs, Elli et al.), downloaded once into ``cache_dir`` (default
+    ``~/.cache/topotorch/stimuli``); offline and not cached, a clear error."""
+    import os
+    import urllib.request
+    from pathlib import Path
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if str(name_or_path) not in STIMULI:
+        raise FileNotFoundError(f"{name_or_path}: no such stimulus file (or name one of {sorted(STIMULI)})")
+    cache = Path(cache_dir or Path.home() / ".cache" / "topotorch" / "stimuli")
+    dest = cache / Path(STIMULI[str(name_or_path)]).name
+    if not dest.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
+        try:
+            with urllib.request.urlopen(STIMULI[str(name_or_path)], timeout=30) as r:
+                tmp.write_bytes(r.read())
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise FileNotFoundError(f"could not download the {name_or_path} stimuli ({e}); offline, pass the CSV's "
+                                    "path with --file") from None
+        os.replace(tmp, dest)
+    return dest
+
+
+__all__ += ["STIMULI", "stimulus_table"]

@@ -345,8 +345,74 @@ def blimp_accuracy(model, vocab_size: int, block_size: int, pairs: dict) -> dict
     return acc
 
 
+def encode_text(text: str, tokens_vocab: list[str] | None) -> list[int]:
+    """Token ids of a stimulus: UTF-8 bytes for a byte-level model (``tokens_vocab`` None), else its words."""
+    if tokens_vocab is None:
+        return list(text.encode("utf-8"))
+    stoi = {w: i for i, w in enumerate(tokens_vocab)}
+    unknown = [w for w in text.split() if w not in stoi]
+    if unknown:
+        raise ValueError(f"the model's word vocabulary lacks {unknown[:5]}: probe a byte-level model (trained with "
+                         "--set data=FILE) or use stimuli made of its words")
+    return [stoi[w] for w in text.split()]
+
+
+@torch.no_grad()
+def stimulus_responses(model: GPT, modules: dict, ids: list[list[int]], block_size: int, batch: int = 64) -> dict:
+    """TopoLM's protocol: each stimulus fed alone; a unit's response is the mean of its sheet's output over the
+    stimulus's tokens. ``{name: (stimuli, units)}``."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = {n: [] for n in modules}
+    try:
+        for k in range(0, len(ids), batch):
+            chunk = [s[:block_size] for s in ids[k:k + batch]]
+            if min(map(len, chunk)) < 1:
+                raise ValueError("an empty stimulus")
+            T = max(map(len, chunk))
+            x = torch.zeros(len(chunk), T, dtype=torch.long)
+            valid = torch.zeros(len(chunk), T)
+            for r, s in enumerate(chunk):  # right padding: causal attention keeps real tokens unaffected
+                x[r, :len(s)], valid[r, :len(s)] = torch.tensor(s), 1.0
+            with record(modules, None, device="cpu") as got:
+                model(x.to(device))
+            for n in modules:
+                a = got[n][0].float()  # (B, T, units)
+                out[n].append((a * valid[..., None]).sum(1) / valid.sum(1, keepdim=True))
+    finally:
+        model.train(was)
+    return {n: torch.cat(v) for n, v in out.items()}
+
+
+def contrast_maps(responses: dict, layouts: dict, labels: list, a: str, b: str, fwhm: float = 2.0,
+                  shuffles: int = 100, seed: int = 0) -> dict:
+    """Welch t (condition ``a`` − ``b``) per unit, BH-FDR, and Moran's I of each sheet's t-map, unsmoothed and
+    smoothed (``fwhm`` cells), each next to its mean on shuffled positions; plus the means over sheets."""
+    lab = np.asarray(labels)
+    if not (lab == a).any() or not (lab == b).any():
+        raise ValueError(f"the contrast {a}-{b} needs stimuli of both conditions; conditions here: "
+                         f"{sorted(set(lab.tolist()))}")
+    res = {"contrast": f"{a}-{b}", "n": {a: int((lab == a).sum()), b: int((lab == b).sum())}, "sheets": {}}
+    for name, r in responses.items():
+        lay = layouts[name]
+        t, p = M.welch_t(r[lab == a].numpy(), r[lab == b].numpy())
+        t = np.nan_to_num(t)
+        _, sig = M.fdr(np.nan_to_num(p, nan=1.0))
+        res["sheets"][name] = {
+            "morans_i": M.morans_i(t, lay), "morans_i_null": M.morans_i_null(t, lay, shuffles, seed),
+            "morans_i_smoothed": M.morans_i(M.smooth_map(t, lay, fwhm), lay) if fwhm else None,
+            "morans_i_smoothed_null": M.morans_i_null(t, lay, shuffles, seed, fwhm) if fwhm else None,
+            "significant_units": int(sig.sum()), "t_map": t.tolist()}
+    for key in ("morans_i", "morans_i_null", "morans_i_smoothed", "morans_i_smoothed_null", "significant_units"):
+        vals = [v[key] for v in res["sheets"].values() if v[key] is not None]
+        res[key] = float(np.mean(vals)) if vals else None
+    return res
+
+
 def load_arm(run, arm: str):
-    """``(config, GPT)`` of one arm of a ``topolm`` run directory (positions buffers dropped)."""
+    """``(config, GPT, {sheet: Layout})`` of one arm of a ``topolm`` run directory (the positions are read from
+    the arm's ``topo_positions`` buffers)."""
     from ..config import from_dict
     from ..io import read_json, read_tensors
     run = Path(run)
@@ -359,8 +425,10 @@ def load_arm(run, arm: str):
     sd, _ = read_tensors(run / arm / "model.safetensors")
     sd = {k: v for k, v in sd.items() if not k.endswith("topo_positions")}
     sd["lm_head.weight"] = sd.get("lm_head.weight", sd["wte.weight"])
+    positions = {k[:-len(".topo_positions")]: v for k, v in read_tensors(run / arm / "model.safetensors")[0].items()
+                 if k.endswith("topo_positions")}
     model.load_state_dict(sd)
-    return cfg, model
+    return cfg, model, {n: L.Layout(c.double(), kind="grid") for n, c in positions.items()}
 
 
 @kind("topolm", TopoLMConfig)
