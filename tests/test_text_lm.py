@@ -34,7 +34,7 @@ def _direct_logprob(model, sentences):
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("text_lm")
-    over = {"quick": True, "data": str(TEXT), "block_size": 96, "steps": 60, "blimp": str(PAIRS)}
+    over = {"quick": True, "data": str(TEXT), "block_size": 96, "steps": 60, "blimp": str(PAIRS), "stimuli": str(STIM)}
     return out, run_recipe("topolm", out, over, progress=False)
 
 
@@ -116,3 +116,14 @@ def test_stimuli_protocol_matches_an_independent_computation(text_run, table, te
         coords = positions[name].unit_coords.numpy()
         assert sheet["morans_i"] == pytest.approx(_morans_i(np.asarray(sheet["t_map"]), coords), abs=1e-9)
         assert -1 <= sheet["morans_i_null"] <= 1 and sheet["morans_i_smoothed_null"] > sheet["morans_i_null"]
+
+
+def test_text_run_writes_its_analysis_without_word_classes(text_run):
+    run, m = text_run
+    for arm in ("topo", "control"):
+        assert -1 <= m[f"corr_r_d_{arm}"] <= 1
+        for key in ("localizer", "noun_verb"):
+            for suffix in ("", "_null", "_smoothed", "_smoothed_null"):
+                assert isinstance(m[f"morans_i_{key}{suffix}_{arm}"], float)
+    for f in ("corr_distance.png", "maps_localizer.png", "maps_noun_verb.png", "analysis.json"):
+        assert (run / f).stat().st_size > 0, f

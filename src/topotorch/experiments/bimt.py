@@ -73,6 +73,8 @@ class BIMTConfig:
     finetune_steps: int = 0
     prune_budget: float = 2.0
     final_sweep: bool = False
+    procedure: Literal["configured", "seed"] = "configured"  # "seed": the notebook's procedure exactly (no
+    # pruning, fine-tune or final sweep, whatever the keys above say)
     log_interval: int = 200
     checkpoint_interval: int = 2000
     threads: int = 1
@@ -132,7 +134,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
                checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"{cfg.recipe}[{cfg.variant}]",
                tensorboard=cfg.tensorboard)
     seconds, extra = info["seconds"], {}
-    if cfg.finetune_steps:
+    if cfg.finetune_steps and cfg.procedure != "seed":
         extra = prune_for_budget(graph, model, x, y, cfg.threshold, cfg.prune_budget)
         last = cfg.steps - 1
         tail = [WiringPenalty(cost, lambda step: lam_at(last), 0), Masks(model)]
@@ -142,7 +144,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
                    evaluate=evaluate, log_every=cfg.log_interval, checkpoint_every=cfg.checkpoint_interval,
                    progress=progress, desc=f"{cfg.recipe}[{cfg.variant}] fine-tune")
         seconds += info["seconds"]
-    if cfg.final_sweep and swap_on:
+    if cfg.final_sweep and swap_on and cfg.procedure != "seed":
         extra["wiring_cost_before_sweep"] = float(reloc_cost.value().detach())
         extra["wiring_cost_after_sweep"] = final_sweep(model, graph, reloc_cost)
     return finish_bimt(cfg, out, model, graph, data, seconds, extra)

@@ -74,6 +74,7 @@ class TopoLMConfig:
     tensorboard: bool = False        # also log to <arm>/tb (pip install 'topotorch[tensorboard]')
     quick: bool = False              # a < 1 minute variant for tests
     blimp: str = ""                  # BLiMP minimal pairs (a folder of .jsonl, or nyu-mll/blimp): byte-level text only
+    stimuli: str = ""                # TopoLM's stimulus tables: a folder holding them, or "download" (cached)
     blimp_phenomena: list[str] | None = None
 
     def validate(self):
@@ -254,6 +255,35 @@ def evaluate(model: GPT, tokens: D.TokenData, cfg: TopoLMConfig, device) -> floa
 def _windows(ids: list[int], T: int) -> torch.Tensor:
     n = len(ids) // T
     return torch.tensor(ids[:n * T], dtype=torch.long).view(n, T)
+
+
+def analyse_text(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, device, stimuli: str = "") -> dict:
+    """What needs no word classes (any text): per sheet the correlation-vs-distance curve and corr(r, 1/(1+d))
+    on validation tokens; with a stimulus folder (TopoLM's tables), the language-localizer (S−N) and noun–verb
+    contrast maps with Moran's I and shuffled nulls."""
+    from ..costs import inverse_distance, pair_loss
+    from ..costs.correlation import correlation_matrix
+    x, _ = tokens.batch("val", 32, cfg.block_size, torch.Generator().manual_seed(cfg.seed + 5))
+    acts = record_sheets(model, [m for _, m, _ in sheets], x.to(device))
+    res = {"sheets": {}}
+    for (name, _, lay), a in zip(sheets, acts):
+        flat = a.reshape(-1, a.shape[-1])[:4096]
+        r = correlation_matrix(flat).double()
+        res["sheets"][name] = {"corr_vs_distance": M.correlation_vs_distance(flat, lay),
+                               "corr_r_d": float(1 - 2 * pair_loss(r, inverse_distance(lay).double()))}
+    res["corr_r_d"] = float(np.mean([v["corr_r_d"] for v in res["sheets"].values()]))
+    if stimuli:
+        import csv
+        mods = {n: m for n, m, _ in sheets}
+        lays = {n: lay for n, _, lay in sheets}
+        vocab = None if tokens.vocab_size == 256 else tokens.vocab
+        for key, (table, text, cond, a, b) in {"localizer": ("fedorenko", "sentence", "condition", "S", "N"),
+                                               "noun_verb": ("elli", "pair", "class", "noun", "verb")}.items():
+            path = D.stimulus_table(Path(stimuli) / f"{table}_stimuli.csv" if Path(stimuli).is_dir() else table)
+            rows = [row for row in csv.DictReader(open(path, newline="")) if row[cond] in (a, b)]
+            resp = stimulus_responses(model, mods, [encode_text(row[text], vocab) for row in rows], cfg.block_size)
+            res[key] = contrast_maps(resp, lays, [row[cond] for row in rows], a, b, 2.0, seed=cfg.seed)
+    return res
 
 
 def analyse_lm(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, device) -> dict:
@@ -456,6 +486,9 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         if rank == 0 and tokens.word_class is not None:
             results[arm] = analyse_lm(s["model"], s["sheets"], tokens, cfg, s["device"])
             layouts[arm] = {n: lay for n, _, lay in s["sheets"]}
+        if rank == 0 and tokens.word_class is None:
+            summaries[arm]["text"] = analyse_text(s["model"], s["sheets"], tokens, cfg, s["device"], cfg.stimuli)
+            layouts[arm] = {n: lay for n, _, lay in s["sheets"]}
         if rank == 0 and cfg.blimp:
             summaries[arm]["blimp"] = blimp_accuracy(s["model"], tokens.vocab_size, cfg.block_size, pairs)
     if dist.is_initialized():  # the barrier: rank 0 may still be analysing
@@ -475,6 +508,15 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
             metrics[f"ddp_identical_{arm}"] = summaries[arm]["ddp_identical"]
         if summaries[arm]["preopt"]:
             metrics[f"preopt_{arm}"] = summaries[arm]["preopt"]
+        if "text" in summaries[arm]:
+            t = summaries[arm]["text"]
+            metrics[f"corr_r_d_{arm}"] = t["corr_r_d"]
+            for key in ("localizer", "noun_verb"):
+                if key in t:
+                    metrics[f"morans_i_{key}_{arm}"] = t[key]["morans_i"]
+                    metrics[f"morans_i_{key}_null_{arm}"] = t[key]["morans_i_null"]
+                    metrics[f"morans_i_{key}_smoothed_{arm}"] = t[key]["morans_i_smoothed"]
+                    metrics[f"morans_i_{key}_smoothed_null_{arm}"] = t[key]["morans_i_smoothed_null"]
         if "blimp" in summaries[arm]:
             metrics[f"blimp_{arm}"] = summaries[arm]["blimp"]
     if results:
@@ -482,6 +524,14 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
         plot_maps(results, layouts, out / "maps_language.png", "t_map_language", "sentences − shuffled words Welch t")
         plot_corr_distance(results, out / "corr_distance.png")
         write_json(out / "analysis.json", results, indent=None)
+    text = {arm: summaries[arm].pop("text") for arm in cfg.arms if "text" in summaries[arm]}
+    if text:
+        plot_corr_distance(text, out / "corr_distance.png")
+        for key, title in (("localizer", "sentences − nonwords (Fedorenko localizer) Welch t"),
+                           ("noun_verb", "nouns − verbs (Elli et al. pairs) Welch t")):
+            if all(key in t for t in text.values()):
+                plot_maps({arm: t[key] for arm, t in text.items()}, layouts, out / f"maps_{key}.png", title=title)
+        write_json(out / "analysis.json", text, indent=None)
     _plot_curves({arm: out / arm / "log.csv" for arm in cfg.arms}, out / "curves.png")
     write_json(out / "metrics.json", metrics)
     return metrics
