@@ -72,9 +72,10 @@ class BIMTConfig:
     # at the end), then relocation runs until no unit moves (`final_sweep`).
     finetune_steps: int = 0
     prune_budget: float = 2.0
+    finetune_lam: float = 1.0           # λ of the fine-tune as a multiple of the last scheduled λ
     final_sweep: bool = False
     procedure: Literal["configured", "seed"] = "configured"  # "seed": the notebook's procedure exactly (no
-    # pruning, fine-tune or final sweep, whatever the keys above say)
+    # pruning, fine-tune or final sweep, whatever the keys above say); ablation variants always run it
     log_interval: int = 200
     checkpoint_interval: int = 2000
     threads: int = 1
@@ -134,17 +135,18 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
                checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"{cfg.recipe}[{cfg.variant}]",
                tensorboard=cfg.tensorboard)
     seconds, extra = info["seconds"], {}
-    if cfg.finetune_steps and cfg.procedure != "seed":
+    beyond = cfg.procedure != "seed" and cfg.variant == "full"  # ablation variants keep the seed's procedure
+    if cfg.finetune_steps and beyond:
         extra = prune_for_budget(graph, model, x, y, cfg.threshold, cfg.prune_budget)
         last = cfg.steps - 1
-        tail = [WiringPenalty(cost, lambda step: lam_at(last), 0), Masks(model)]
+        tail = [WiringPenalty(cost, lambda step: cfg.finetune_lam * lam_at(last), 0), Masks(model)]
         if swap_on:
             tail.append(Relocation(graph, reloc_cost, opt, cfg.swap_interval, cfg.top_k, cfg.relocate_method))
         info = fit(model, opt, loss_fn, cfg.finetune_steps, out=out / "finetune", resume=resume, callbacks=tail,
                    evaluate=evaluate, log_every=cfg.log_interval, checkpoint_every=cfg.checkpoint_interval,
                    progress=progress, desc=f"{cfg.recipe}[{cfg.variant}] fine-tune")
         seconds += info["seconds"]
-    if cfg.final_sweep and swap_on and cfg.procedure != "seed":
+    if cfg.final_sweep and swap_on and beyond:
         extra["wiring_cost_before_sweep"] = float(reloc_cost.value().detach())
         extra["wiring_cost_after_sweep"] = final_sweep(model, graph, reloc_cost)
     return finish_bimt(cfg, out, model, graph, data, seconds, extra)
