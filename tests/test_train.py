@@ -14,7 +14,7 @@ from topotorch.train import TrainingDiverged, piecewise
 
 KEYS = {"recipe", "seed", "steps", "seconds", "train_loss", "test_loss", "params_total", "params_kept", "threshold",
         "wiring_length", "modularity_q", "dependencies", "modules"}
-SHORT = {"steps": 400, "swap_interval": 50, "log_interval": 50, "checkpoint_interval": 200}
+SHORT = {"steps": 400, "swap_interval": 50, "log_interval": 50, "checkpoint_interval": 200, "procedure": "seed"}
 
 
 def test_piecewise_schedule_matches_bimt():
