@@ -33,3 +33,24 @@ def test_reproduce_reports_every_claim_over_seeds_in_a_self_contained_report(tmp
 def test_reproduce_rejects_unknown_recipe(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path), "--only", "nosuch"]) == 2
     assert "no recipe matches" in capsys.readouterr().err
+
+
+def test_reproduce_data_adds_real_data_rows_that_name_their_data(tmp_path, capsys):
+    from conftest import SHARED
+    data = SHARED / "data"
+    if not (data / "tinyshakespeare.txt").is_file():
+        import pytest
+        pytest.skip("needs ../shared/data")
+    main(["reproduce", "--quick", "--seeds", "1", "--data", str(data), "--only", "topolm-text,locality-prior-mnist",
+          "--out", str(tmp_path), "--quiet"])
+    rows = {r["recipe"]: r for r in json.loads((tmp_path / "report.json").read_text())["rows"]}
+    assert set(rows) == {"topolm-text", "locality-prior-mnist"}
+    assert rows["topolm-text"]["data"] == "tinyshakespeare.txt + stimuli + BLiMP"
+    assert rows["locality-prior-mnist"]["data"].startswith("MNIST")
+    text = json.loads((tmp_path / "topolm-text" / "seed-0" / "metrics.json").read_text())
+    for k in ("corr_r_d_topo", "morans_i_localizer_topo", "morans_i_noun_verb_null_topo", "blimp_control"):
+        assert k in text, k
+    assert set(rows["topolm-text"]["figures"]) >= {"Moran's I localizer topo", "BLiMP topo"}
+    mn = json.loads((tmp_path / "locality-prior-mnist" / "seed-0" / "metrics.json").read_text())
+    assert mn["data"] == "mnist" and len(mn["variance_per_class_local"]) == 10
+    assert "| MNIST" in (tmp_path / "report.md").read_text()

@@ -33,6 +33,7 @@ class Claim:
     overrides: dict
     quick: dict
     run_as: str = ""  # run directory name when a recipe appears twice
+    data: str = "offline default"  # the data the claim is measured on (named in the report)
     figures: Callable[[dict], dict] = lambda m: {}  # named numbers of one run, summarised as mean ± sd over seeds
 
 
@@ -132,6 +133,62 @@ CLAIMS = [
 RULE = "a claim holds when it holds on a majority of the seeds (more than half)"
 
 
+def data_claims(data_dir) -> list[Claim]:
+    """Claims measured on real data found in ``data_dir``: a text file (``*.txt``; with ``stimuli/`` holding
+    TopoLM's tables and ``blimp/`` BLiMP ``.jsonl`` files, those analyses too) and MNIST IDX files
+    (``mnist-t10k/`` or the directory itself)."""
+    from .data import MNIST_FILES, _find_idx
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"--data {d}: no such directory")
+    out = []
+    texts = sorted(d.glob("*.txt"))
+    if texts:
+        over = {"data": str(texts[0].resolve())}
+        stim = d / "stimuli"
+        if (stim / "fedorenko_stimuli.csv").is_file() and (stim / "elli_stimuli.csv").is_file():
+            over["stimuli"] = str(stim.resolve())
+        if (d / "blimp").is_dir():
+            over["blimp"] = str((d / "blimp").resolve())
+
+        def figs(m):
+            f = {"corr(r, 1/(1+d)) topo": m["corr_r_d_topo"], "corr(r, 1/(1+d)) control": m["corr_r_d_control"],
+                 "val loss topo": m["val_loss_topo"], "val loss control": m["val_loss_control"]}
+            for key in ("localizer", "noun_verb"):
+                if f"morans_i_{key}_topo" in m:
+                    f.update({f"Moran's I {key} topo": m[f"morans_i_{key}_topo"],
+                              f"Moran's I {key} shuffled": m[f"morans_i_{key}_null_topo"],
+                              f"Moran's I {key} control": m[f"morans_i_{key}_control"]})
+            if "blimp_topo" in m:
+                f.update({"BLiMP topo": m["blimp_topo"]["mean"], "BLiMP control": m["blimp_control"]["mean"]})
+            return f
+        out.append(Claim(
+            "TopoLM on real text (seed 004)", "topolm",
+            "topographic sheets at similar language-model loss (within 5 %); with TopoLM's stimuli, the localizer (S−N) "
+            "and noun–verb t-maps cluster: Moran's I above its shuffled-positions null and the control by ≥ 0.2 "
+            "(TopoLM: noun–verb 0.78 vs 0.12)",
+            lambda m: "; ".join(f"{k} {v:.3f}" for k, v in figs(m).items()),
+            lambda m: m["corr_r_d_topo"] >= m["corr_r_d_control"] + 0.3
+            and abs(m["val_loss_topo"] - m["val_loss_control"]) <= 0.05 * m["val_loss_control"]
+            and all(m[f"morans_i_{k}_topo"] >= max(m[f"morans_i_{k}_null_topo"], m[f"morans_i_{k}_control"]) + 0.2
+                    for k in ("localizer", "noun_verb") if f"morans_i_{k}_topo" in m),
+            "corr_distance.png", over, {**over, "quick": True}, run_as="topolm-text", figures=figs,
+            data=texts[0].name + (" + stimuli" if "stimuli" in over else "") + (" + BLiMP" if "blimp" in over else "")))
+    for mdir in (d / "mnist-t10k", d):
+        if _find_idx(mdir, MNIST_FILES["test_images"]) or _find_idx(mdir, MNIST_FILES["train_images"]):
+            base = next(c for c in CLAIMS if c.recipe == "locality-prior")
+            over = {"data": "mnist", "data_dir": str(mdir.resolve()), "download": False, "side": 7, "epochs": 10}
+            out.append(Claim(
+                "Locality prior on MNIST (seed 001)", "locality-prior", "the seed's MNIST setting (7×7 LP sheet): " + base.published,
+                lambda m: f"accuracy {100 * m['accuracy_local']:.1f} vs {100 * m['accuracy_control']:.1f}; variance "
+                          f"{m['variance_local']:.2f} vs {m['variance_control']:.2f} (7×7), t = {m['t_statistic']:.1f}, "
+                          f"p = {m['p_value']:.1e}",
+                base.holds, "maps.png", over, {**over, "epochs": 3}, run_as="locality-prior-mnist",
+                figures=base.figures, data=f"MNIST ({mdir.name}, IDX)"))
+            break
+    return out
+
+
 def _summary(values: list[float]) -> dict:
     v = np.asarray(values, dtype=np.float64)
     return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.tolist()}
@@ -142,10 +199,10 @@ def _fmt(x: float) -> str:
 
 
 def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True,
-              seeds: int | None = None) -> list[dict]:
+              seeds: int | None = None, data_dir=None) -> list[dict]:
     """Run the recipes behind :data:`CLAIMS` over ``seeds`` seeds each (default 3 quick, 5 full) into
     ``out/<recipe>/seed-<S>`` and write the report; returns the rows. Seeds start at the recipe's own
-    default seed (``S, S+1, …``)."""
+    default seed (``S, S+1, …``). ``data_dir`` adds the claims of :func:`data_claims` (real data)."""
     seeds = seeds if seeds is not None else (3 if quick else 5)
     if seeds < 1:
         raise ValueError(f"--seeds must be ≥ 1, got {seeds}")
@@ -153,7 +210,8 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     t0 = time.time()
-    claims = [c for c in CLAIMS if not only or c.recipe in only]
+    claims = [c for c in CLAIMS + (data_claims(data_dir) if data_dir else [])
+              if not only or c.recipe in only or c.run_as in only]
     if not claims:
         raise ValueError(f"no recipe matches {only}; recipes: {sorted({c.recipe for c in CLAIMS})}")
     for k, c in enumerate(claims, 1):
@@ -174,7 +232,7 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
         held = sum(p["holds"] for p in per_seed)
         figures = {key: _summary(v) for key, v in figs.items()}
         measured = "; ".join(f"{key} {_fmt(f['mean'])} ± {_fmt(f['sd'])}" for key, f in figures.items())
-        rows.append({"system": c.system, "recipe": name, "published": c.published, "measured": measured,
+        rows.append({"system": c.system, "recipe": name, "data": c.data, "published": c.published, "measured": measured,
                      "seeds": seed_list, "held": held, "holds": 2 * held > len(seed_list), "figures": figures,
                      "per_seed": per_seed, "seconds": round(time.time() - t, 1),
                      "figure": str(Path(name) / f"seed-{seed_list[0]}" / c.figure)})
@@ -196,10 +254,10 @@ def _markdown(rows, meta) -> str:
              f"{meta['date']} · torch {meta['torch']} · Python {meta['python']} · {meta['machine']} · "
              f"{meta['seconds']:.0f} s in all. Every measured value below was computed in this run, as mean ± sd "
              f"over the seeds listed; {meta['rule']}.", "",
-             "| system | recipe | published claim | measured here (mean ± sd) | seeds | held | holds | time |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| system | recipe | data | published claim | measured here (mean ± sd) | seeds | held | holds | time |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['system']} | `{r['recipe']}` | {r['published']} | {r['measured']} | "
+        lines.append(f"| {r['system']} | `{r['recipe']}` | {r['data']} | {r['published']} | {r['measured']} | "
                      f"{', '.join(map(str, r['seeds']))} | {r['held']}/{len(r['seeds'])} | "
                      f"{'✅ yes' if r['holds'] else '❌ no'} | {r['seconds']:.0f} s |")
     lines += [""]
@@ -222,10 +280,11 @@ def _html(rows, meta, out: Path) -> str:
             f"<p>{esc(meta['date'])} · torch {esc(meta['torch'])} · Python {esc(meta['python'])} · "
             f"{esc(meta['machine'])} · {meta['seconds']:.0f} s in all. Every measured value was computed in this run, "
             f"as mean ± sd over the seeds listed; {esc(meta['rule'])}.</p>",
-            "<table><tr><th>system</th><th>recipe</th><th>published claim</th><th>measured here (mean ± sd)</th>"
+            "<table><tr><th>system</th><th>recipe</th><th>data</th><th>published claim</th><th>measured here (mean ± sd)</th>"
             "<th>seeds</th><th>held</th><th>holds</th><th>time</th></tr>"]
     for r in rows:
-        body.append(f"<tr><td>{esc(r['system'])}</td><td><code>{esc(r['recipe'])}</code></td><td>{esc(r['published'])}</td>"
+        body.append(f"<tr><td>{esc(r['system'])}</td><td><code>{esc(r['recipe'])}</code></td><td>{esc(r['data'])}</td>"
+                    f"<td>{esc(r['published'])}</td>"
                     f"<td>{esc(r['measured'])}</td><td>{esc(', '.join(map(str, r['seeds'])))}</td>"
                     f"<td>{r['held']}/{len(r['seeds'])}</td><td class='{'ok' if r['holds'] else 'no'}'>"
                     f"{'yes' if r['holds'] else 'no'}</td><td>{r['seconds']:.0f} s</td></tr>")
