@@ -115,6 +115,14 @@ def _cmd_stimuli(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import parse_grid, sweep
+    grid, fixed = parse_grid(args.set)
+    sweep(args.recipe, grid, fixed, seeds=args.seeds, out=args.out or f"sweeps/{args.recipe}",
+          progress=not args.quiet, strength=args.strength)
+    return 0
+
+
 def _cmd_reproduce(args) -> int:
     from .report import reproduce
     rows = reproduce(args.out, quick=args.quick, only=args.only.split(",") if args.only else None,
@@ -152,6 +160,14 @@ def main(argv=None) -> int:
     b.add_argument("run", help="topolm run directory (trained with --set data=FILE)")
     b.add_argument("--source", default="nyu-mll/blimp", help="folder of BLiMP .jsonl files, or the hub dataset")
     b.add_argument("--phenomena", help="comma-separated phenomena (default: every file in the folder)")
+    sw = sub.add_parser("sweep", help="a recipe over a grid of settings × seeds: the task-vs-topography front")
+    sw.add_argument("recipe")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2,…",
+                    help="a key to sweep (several values) or to fix (one value); repeatable")
+    sw.add_argument("--seeds", type=int, default=2, help="seeds per setting (default 2)")
+    sw.add_argument("--strength", help="the grid key whose 0 is the control (default: the first swept key)")
+    sw.add_argument("--out", help="sweep directory (default sweeps/RECIPE); rerun to continue an interrupted sweep")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
     st = sub.add_parser("stimuli", help="probe every arm of a topolm run with a stimulus table (TopoLM's protocol)")
     st.add_argument("run", help="topolm run directory")
     st.add_argument("--file", required=True, help="CSV table, or fedorenko / elli (TopoLM's, downloaded and cached)")
@@ -171,7 +187,8 @@ def main(argv=None) -> int:
             w.add_argument("--seed", type=int, default=0, help="seed of the probability method")
     args = p.parse_args(argv)
     try:
-        handler = {"run": _cmd_run, "reproduce": _cmd_reproduce, "blimp": _cmd_blimp, "stimuli": _cmd_stimuli}.get(args.cmd, _cmd_workflow)
+        handler = {"run": _cmd_run, "reproduce": _cmd_reproduce, "blimp": _cmd_blimp, "stimuli": _cmd_stimuli,
+                   "sweep": _cmd_sweep}.get(args.cmd, _cmd_workflow)
         rc = handler(args)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"topotorch: error: {_one_line(e)}", file=sys.stderr)

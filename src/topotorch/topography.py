@@ -120,10 +120,12 @@ class Topography:
 
     @torch.no_grad()
     def optimize_positions(self, *inputs, windows: int = 50, swaps: int = 50, radius: float | None = None,
-                           seed: int = 0, kind: str | None = None) -> dict:
+                           seed: int = 0, kind: str | None = None, batched: bool = False) -> dict:
         """TDANN's swap pre-optimisation on the responses to ``inputs``: positions are swapped inside local
-        windows when that lowers the spatial loss; the buffers are updated. Returns per-module info."""
-        from .relocate import swap_optimize
+        windows when that lowers the spatial loss; the buffers are updated. Returns per-module info.
+        ``windows × swaps`` candidates are tried; ``batched=True`` scores them in batches on the responses'
+        device (:func:`~topotorch.relocate.swap_optimize_batched`, for TDANN-scale counts)."""
+        from .relocate import swap_optimize, swap_optimize_batched
         model = unwrap_compiled(self.model)
         was = model.training
         model.eval()
@@ -141,7 +143,10 @@ class Topography:
             r = correlation_matrix(got[e["name"]][0].float().cpu())
             rad = radius if radius is not None else (2.0 if lay.kind != "retinotopic" else 2.0 * math.sqrt(lay.n) / 8)
             k = kind or (self.correlation.kind if self.correlation is not None else "relative")
-            new, info[e["name"]] = swap_optimize(r, lay, windows, swaps, rad, kind=k, seed=seed)
+            if batched:
+                new, info[e["name"]] = swap_optimize_batched(r, lay, windows * swaps, rad, kind=k, seed=seed)
+            else:
+                new, info[e["name"]] = swap_optimize(r, lay, windows, swaps, rad, kind=k, seed=seed)
             getattr(e["module"], POSITIONS).copy_(new.coords.to(getattr(e["module"], POSITIONS)))
         self.refresh()
         return info

@@ -1,0 +1,156 @@
+"""``topotorch sweep``: a recipe over a grid of settings × seeds, and the task-vs-topography front.
+
+Each cell (one setting, one seed) is an ordinary run directory under ``out/``; a cell whose ``metrics.json``
+exists is read, not rerun, and one with checkpoints but no metrics is resumed, so an interrupted sweep is
+continued by running the same command again. ``sweep.json``, ``sweep.csv`` and ``sweep.png`` (task figure
+against topography figure, one point per run, mean ± sd per setting, the strength-0 control marked) are
+written at the end.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import ConfigError, load_yaml
+from .io import atomic_write_text, read_json, write_json
+from .recipes import load_recipe, run_recipe
+
+__all__ = ["FIGURES", "parse_grid", "sweep"]
+
+
+def _topolm_topo(m: dict) -> tuple[str, float]:
+    for key, label in (("morans_i_noun_verb_topo", "Moran's I, noun–verb stimuli"),
+                       ("morans_i_topo", "Moran's I, noun–verb t-map"), ("corr_r_d_topo", "corr(r, 1/(1+d))")):
+        if key in m:
+            return label, m[key]
+    raise KeyError("no topography figure in this topolm run")
+
+
+# recipe kind → (task figure label, extractor, topography/modularity label, extractor)
+FIGURES: dict[str, tuple[str, Callable, str, Callable]] = {
+    "bimt": ("test MSE", lambda m: m["test_loss"], "Newman's Q (Louvain)", lambda m: m["modularity_q"]),
+    "locality-prior": ("test accuracy (LP arm)", lambda m: m["accuracy_local"],
+                       "spatial variance of LP maps (cells², lower = more local)", lambda m: m["variance_local"]),
+    "tdann-cnn": ("test accuracy (topographic arm)", lambda m: m["accuracy_topo"],
+                  "smoothness index (TDANN)", lambda m: m["smoothness_topo"]),
+    "topolm": ("validation loss (nats/token)", lambda m: m["val_loss_topo"], None, _topolm_topo),
+    "spatial-two-task": ("mean task accuracy", lambda m: float(np.mean(m["accuracy"])),
+                         "task separation (silhouette)", lambda m: m["task_separation"]["spatial"]),
+}
+
+
+def _split_values(text: str) -> list[str]:
+    """``"0,0.5,[1, 2]"`` → ``["0", "0.5", "[1, 2]"]``: commas inside brackets do not split."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
+
+
+def parse_grid(items: list[str]) -> tuple[dict, dict]:
+    """``["alpha=0,0.5", "data=x.txt"]`` → (grid ``{"alpha": [0, 0.5]}``, fixed ``{"data": "x.txt"}``)."""
+    grid, fixed = {}, {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value[,value…], got {item!r}")
+        k, v = item.split("=", 1)
+        vals = [load_yaml(x) if x.strip() else "" for x in _split_values(v)]
+        (grid if len(vals) > 1 else fixed)[k.strip()] = vals if len(vals) > 1 else vals[0]
+    return grid, fixed
+
+
+def _cell_name(params: dict, seed: int) -> str:
+    parts = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items()]
+    return "_".join(p.replace("/", "-").replace(" ", "") for p in parts) + f"_seed={seed}"
+
+
+def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, out=None, progress: bool = True,
+          strength: str | None = None) -> dict:
+    """Run ``recipe`` for every combination of ``grid`` × ``seeds`` seeds (from the recipe's default seed);
+    returns the ``sweep.json`` content. ``strength`` names the grid key whose 0 is the control (default: the
+    first grid key)."""
+    r = load_recipe(recipe)
+    if r.kind not in FIGURES:
+        raise ConfigError(f"no sweep figures for recipe kind {r.kind!r}")
+    if not grid:
+        raise ConfigError("give at least one --set KEY=V1,V2,… to sweep")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be ≥ 1, got {seeds}")
+    fixed = dict(fixed or {})
+    strength = strength or next(iter(grid))
+    out = Path(out or f"sweeps/{recipe}")
+    out.mkdir(parents=True, exist_ok=True)
+    base = int({**r.config, **fixed}.get("seed", 0))
+    settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    cells = [(p, base + k) for p in settings for k in range(seeds)]
+    task_label, task_fn, topo_label, topo_fn = FIGURES[r.kind]
+    rows, t0, ran = [], time.time(), 0
+    for i, (params, seed) in enumerate(cells, 1):
+        d = out / _cell_name(params, seed)
+        if (d / "metrics.json").is_file():
+            m, how = read_json(d / "metrics.json", "run metrics"), "done before"
+        else:
+            resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
+            m = run_recipe(recipe, d, {**fixed, **params, "seed": seed}, resume=resume, progress=progress)
+            ran += 1
+            how = "resumed" if resume else "ran"
+        label, topo = topo_fn(m) if topo_label is None else (topo_label, topo_fn(m))
+        rows.append({**params, "seed": seed, "task": float(task_fn(m)), "topography": float(topo),
+                     "run": d.name})
+        left = len(cells) - i
+        eta = (time.time() - t0) / max(ran, 1) * left if ran else 0.0
+        print(f"[{i}/{len(cells)}] {d.name}: {how}; {task_label} {rows[-1]['task']:.4g}, {label} "
+              f"{rows[-1]['topography']:.3g}" + (f"; ETA {eta / 60:.1f} min" if left else ""), flush=True)
+        topo_label_used = label
+    summary = []
+    for p in settings:
+        sel = [x for x in rows if all(x[k] == v for k, v in p.items())]
+        t, g = np.array([x["task"] for x in sel]), np.array([x["topography"] for x in sel])
+        summary.append({**p, "n": len(sel), "task_mean": float(t.mean()), "task_sd": float(t.std(ddof=1)) if len(t) > 1 else 0.0,
+                        "topography_mean": float(g.mean()), "topography_sd": float(g.std(ddof=1)) if len(g) > 1 else 0.0,
+                        "control": p.get(strength) == 0})
+    result = {"recipe": recipe, "grid": grid, "fixed": fixed, "seeds": seeds, "strength": strength,
+              "task": task_label, "topography": topo_label_used, "runs": rows, "settings": summary}
+    write_json(out / "sweep.json", result)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "sweep.csv", buf.getvalue())
+    _plot(result, out / "sweep.png")
+    print(f"wrote {out}/sweep.json, sweep.csv, sweep.png")
+    return result
+
+
+def _plot(res: dict, path) -> None:
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    keys = list(res["grid"])
+    for k, s in enumerate(res["settings"]):
+        name = ", ".join(f"{key}={s[key]}" for key in keys)
+        pts = [x for x in res["runs"] if all(x[key] == s[key] for key in keys)]
+        color = "black" if s["control"] else f"C{k % 10}"
+        ax.scatter([x["topography"] for x in pts], [x["task"] for x in pts], color=color, alpha=0.45, s=18)
+        ax.errorbar(s["topography_mean"], s["task_mean"], xerr=s["topography_sd"], yerr=s["task_sd"], fmt="D" if s["control"] else "o",
+                    color=color, ms=7, capsize=3, label=name + (" (control)" if s["control"] else ""))
+    ax.set_xlabel(res["topography"])
+    ax.set_ylabel(res["task"])
+    ax.set_title(f"{res['recipe']}: task vs topography, {res['seeds']} seed(s) per setting (mean ± sd)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

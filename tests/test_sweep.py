@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+import topotorch.sweep as S
+from topotorch.cli import main
+
+FIXED = ["--set", "steps=300", "--set", "procedure=seed", "--set", "swap_interval=50", "--set", "log_interval=50",
+         "--set", "checkpoint_interval=100"]
+
+
+def test_parse_grid_keeps_bracketed_values_whole():
+    grid, fixed = S.parse_grid(["alpha=0,0.5,2.5", "arms=[topo]", "lam_schedule=[[0.25, 1.0]],[[0.5, 2.0]]", "x=1e-3"])
+    assert grid == {"alpha": [0, 0.5, 2.5], "lam_schedule": [[[0.25, 1.0]], [[0.5, 2.0]]]}
+    assert fixed == {"arms": ["topo"], "x": 1e-3}
+
+
+def test_sweep_writes_the_front_and_an_interrupted_sweep_continues(tmp_path, monkeypatch, capsys):
+    args = ["sweep", "independence", "--set", "lam=0,0.001", "--seeds", "2", "--out", str(tmp_path / "a"), "--quiet", *FIXED]
+    assert main(args) == 0
+    a = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    assert len(a["runs"]) == 4 and [s["control"] for s in a["settings"]] == [True, False]
+    assert a["task"] == "test MSE" and a["topography"].startswith("Newman")
+    for s in a["settings"]:
+        vals = [r["task"] for r in a["runs"] if r["lam"] == s["lam"]]
+        assert s["task_mean"] == pytest.approx(sum(vals) / 2)
+    for r in a["runs"]:  # each point is its run's own metrics
+        m = json.loads((tmp_path / "a" / r["run"] / "metrics.json").read_text())
+        assert m["test_loss"] == r["task"] and m["modularity_q"] == r["topography"] and m["seed"] == r["seed"]
+    assert (tmp_path / "a" / "sweep.csv").read_text().count("\n") == 5 and (tmp_path / "a" / "sweep.png").stat().st_size > 0
+
+    # interrupted after two cells, then the same command again: finished cells are read, the rest run
+    real, calls = S.run_recipe, []
+
+    def dying(*a_, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(a_[1])
+        return real(*a_, **k)
+    monkeypatch.setattr(S, "run_recipe", dying)
+    b_args = [x if x != str(tmp_path / "a") else str(tmp_path / "b") for x in args]
+    with pytest.raises(KeyboardInterrupt):
+        main(b_args)
+    monkeypatch.setattr(S, "run_recipe", real)
+    capsys.readouterr()
+    assert main(b_args) == 0
+    assert capsys.readouterr().out.count("done before") == 2
+    b = json.loads((tmp_path / "b" / "sweep.json").read_text())
+    assert b["runs"] == a["runs"] and b["settings"] == a["settings"]
