@@ -38,3 +38,11 @@ def test_ablation_without_penalty_is_entangled(tmp_path):
     m = run_recipe("independence", tmp_path, {"variant": "none", "steps": 5000}, progress=False)
     assert m["params_kept"] > 0.8 * m["params_total"]
     assert len(m["modules"]) == 1 and m["modules"][0]["inputs"] == [0, 1, 2, 3]
+
+
+def test_two_moon_is_accurate_and_sparse_where_its_control_stays_dense(tmp_path):
+    m = run_recipe("two-moon", tmp_path / "full", progress=False)
+    assert m["test_accuracy_pruned"] >= 0.97 and m["params_kept"] <= 0.1 * m["params_total"]
+    c = run_recipe("two-moon", tmp_path / "none", {"variant": "none", "steps": 3000}, progress=False)
+    assert c["params_kept"] > 0.5 * c["params_total"] and c["test_accuracy"] >= 0.95
+    assert (tmp_path / "full" / "network.png").stat().st_size > 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Split", "SYMBOLIC", "symbolic"]
+__all__ = ["Split", "SYMBOLIC", "symbolic", "two_moon"]
 
 
 @dataclass
@@ -61,6 +61,16 @@ def symbolic(name: str, seed: int, n_train: int = 100, n_test: int = 100,
     xte = rs.rand(n_test, d) * 2 - 1
     t = lambda a: torch.tensor(a, dtype=dtype)
     return Split(t(xtr), t(f(xtr)), t(xte), t(f(xte)), [f"$x_{i + 1}$" for i in range(d)], list(outs))
+
+
+def two_moon(seed: int, n_train: int = 1000, n_test: int = 1000, noise: float = 0.1) -> Split:
+    """BIMT's two-moon classification task: scikit-learn's interleaved half circles, labels 0/1 (long)."""
+    from sklearn.datasets import make_moons
+    if n_train < 2 or n_test < 2:
+        raise ValueError("n_train and n_test must be at least 2")
+    x, y = make_moons(n_train + n_test, noise=noise, random_state=seed)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+    return Split(x[:n_train], y[:n_train], x[n_train:], y[n_train:], ["$x_1$", "$x_2$"], ["class 0", "class 1"])
 
 
 # ---- classification datasets -------------------------------------------------------------------

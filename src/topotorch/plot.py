@@ -90,7 +90,8 @@ def read_log(path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
 
 
-def plot_curves(log: dict[str, np.ndarray] | str | Path, path=None, title: str | None = None):
+def plot_curves(log: dict[str, np.ndarray] | str | Path, path=None, title: str | None = None,
+                loss_label: str = "loss (MSE)"):
     """Training curves from a log: losses (log scale) and the wiring cost with λ, against step."""
     if not isinstance(log, dict):
         log = read_log(log)
@@ -100,7 +101,7 @@ def plot_curves(log: dict[str, np.ndarray] | str | Path, path=None, title: str |
     for key, label in (("train_loss", "train"), ("test_loss", "test")):
         if key in log:
             a.plot(log["step"], log[key], label=label)
-    a.set_yscale("log"); a.set_xlabel("step"); a.set_ylabel("loss (MSE)"); a.legend(); a.grid(alpha=0.3)
+    a.set_yscale("log"); a.set_xlabel("step"); a.set_ylabel(loss_label); a.legend(); a.grid(alpha=0.3)
     if "cost" in log:
         b.plot(log["step"], log["cost"], color="tab:green", label="wiring cost")
         b.set_xlabel("step"); b.set_ylabel("wiring cost (Σ|w|·(A·d+l0))"); b.grid(alpha=0.3)

@@ -82,10 +82,10 @@ class BIMTConfig:
     tensorboard: bool = False         # also log to out/tb (pip install 'topotorch[tensorboard]')
 
     def validate(self) -> None:
-        if self.task not in D.SYMBOLIC:
-            raise ValueError(f"task must be one of {sorted(D.SYMBOLIC)}, got {self.task!r}")
-        d_in, f, _ = D.SYMBOLIC[self.task]
-        n_out = D.symbolic(self.task, 0, 1, 1).y_train.shape[1]
+        if self.task not in D.SYMBOLIC and self.task != "two-moon":
+            raise ValueError(f"task must be one of {sorted(D.SYMBOLIC) + ['two-moon']}, got {self.task!r}")
+        d_in, n_out = (2, 2) if self.task == "two-moon" else (D.SYMBOLIC[self.task][0],
+                                                             D.symbolic(self.task, 0, 1, 1).y_train.shape[1])
         if len(self.shape) < 2 or self.shape[0] != d_in or self.shape[-1] != n_out:
             raise ValueError(f"shape {self.shape} does not fit task {self.task!r}: needs {d_in} inputs and "
                              f"{n_out} outputs")
@@ -103,10 +103,23 @@ class BIMTConfig:
             raise ValueError(f"in_fold {self.in_fold} does not divide the input size {self.shape[0]}")
 
 
+def load_task(cfg: BIMTConfig) -> D.Split:
+    """The task's data: a symbolic formula (regression) or two-moon (classification)."""
+    if cfg.task == "two-moon":
+        return D.two_moon(cfg.seed, cfg.n_train, cfg.n_test)
+    return D.symbolic(cfg.task, cfg.seed, cfg.n_train, cfg.n_test)
+
+
+def task_loss(cfg: BIMTConfig):
+    """Cross-entropy for classification tasks, MSE for the formulas."""
+    return F.cross_entropy if cfg.task == "two-moon" else F.mse_loss
+
+
 @kind("bimt", BIMTConfig)
 def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """Train one BIMT model and write the run directory; returns the metrics dict."""
-    data = D.symbolic(cfg.task, cfg.seed, cfg.n_train, cfg.n_test)
+    data = load_task(cfg)
+    lossf = task_loss(cfg)
     torch.manual_seed(cfg.seed)
     model = MLP(cfg.shape, cfg.activation)
     graph = embed(model, cfg.layout, in_fold=cfg.in_fold)
@@ -127,9 +140,13 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
 
     def evaluate(step):
         with torch.no_grad():
-            return {"test_loss": F.mse_loss(model(xt), yt).item()}
+            out = model(xt)
+            row = {"test_loss": lossf(out, yt).item()}
+            if cfg.task == "two-moon":
+                row["test_accuracy"] = float((out.argmax(1) == yt).float().mean())
+            return row
 
-    loss_fn = lambda step, micro: F.mse_loss(model(x), y)  # noqa: E731
+    loss_fn = lambda step, micro: lossf(model(x), y)  # noqa: E731
     info = fit(model, opt, loss_fn, cfg.steps, out=out, resume=resume,
                callbacks=callbacks, evaluate=evaluate, log_every=cfg.log_interval,
                checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"{cfg.recipe}[{cfg.variant}]",
@@ -137,7 +154,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
     seconds, extra = info["seconds"], {}
     beyond = cfg.procedure != "seed" and cfg.variant == "full"  # ablation variants keep the seed's procedure
     if cfg.finetune_steps and beyond:
-        extra = prune_for_budget(graph, model, x, y, cfg.threshold, cfg.prune_budget)
+        extra = prune_for_budget(graph, model, x, y, cfg.threshold, cfg.prune_budget, lossf)
         last = cfg.steps - 1
         tail = [WiringPenalty(cost, lambda step: cfg.finetune_lam * lam_at(last), 0), Masks(model)]
         if swap_on:
@@ -153,12 +170,12 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
 
 
 @torch.no_grad()
-def prune_for_budget(graph, model, x, y, start: float, budget: float) -> dict:
+def prune_for_budget(graph, model, x, y, start: float, budget: float, lossf=F.mse_loss) -> dict:
     """Greedy magnitude pruning to a loss budget: every weight with ``|w| <= start`` is zeroed, then the others
     are tried from the smallest up and each is zeroed unless that takes the train MSE above ``budget`` × the
-    unpruned MSE (a weight the function needs is skipped, the next one tried). Returns
+    unpruned loss (a weight the function needs is skipped, the next one tried). Returns
     ``{"pruned_weights", "train_loss_before_prune", "train_loss_after_prune"}``."""
-    base = F.mse_loss(model(x), y).item()
+    base = lossf(model(x), y).item()
     pruned = 0
     entries = []
     for w in graph.weights:
@@ -168,16 +185,16 @@ def prune_for_budget(graph, model, x, y, start: float, budget: float) -> dict:
         W.masked_fill_(small, 0.0)
         for idx in torch.nonzero(W).tolist():
             entries.append((abs(float(W[tuple(idx)])), W, tuple(idx)))
-    limit = budget * max(base, F.mse_loss(model(x), y).item() if pruned else base)
+    limit = budget * max(base, lossf(model(x), y).item() if pruned else base)
     for _, W, idx in sorted(entries, key=lambda e: e[0]):
         old = W[idx].item()
         W[idx] = 0.0
-        if F.mse_loss(model(x), y).item() > limit:
+        if lossf(model(x), y).item() > limit:
             W[idx] = old
         else:
             pruned += 1
     return {"pruned_weights": pruned, "train_loss_before_prune": base,
-            "train_loss_after_prune": F.mse_loss(model(x), y).item()}
+            "train_loss_after_prune": lossf(model(x), y).item()}
 
 
 @torch.no_grad()
@@ -235,11 +252,17 @@ class Masks(Callback):
 @torch.no_grad()
 def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds: float, extra: dict | None = None) -> dict:
     """Evaluate, prune at ``cfg.threshold``, analyse and write every artefact of a BIMT run."""
-    train_loss = F.mse_loss(model(data.x_train), data.y_train).item()
-    test_loss = F.mse_loss(model(data.x_test), data.y_test).item()
+    lossf = task_loss(cfg)
+    train_loss = lossf(model(data.x_train), data.y_train).item()
+    test_loss = lossf(model(data.x_test), data.y_test).item()
+    acc = lambda: float((model(data.x_test).argmax(1) == data.y_test).float().mean())  # noqa: E731
+    if cfg.task == "two-moon":
+        extra = {**(extra or {}), "test_accuracy": acc()}
     save_model(model, out / "model.safetensors")
     snap = M.threshold(model, cfg.threshold)
-    pruned_test = F.mse_loss(model(data.x_test), data.y_test).item()
+    pruned_test = lossf(model(data.x_test), data.y_test).item()
+    if cfg.task == "two-moon":
+        extra["test_accuracy_pruned"] = acc()
     q, _ = M.modularity(graph, 0.0, "louvain", seed=cfg.seed)
     q_eig, _ = M.modularity(graph, 0.0, "eigenvector")
     mods = M.modules(graph, 0.0)
@@ -252,8 +275,10 @@ def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds
         "module_extents": M.module_extents(graph, 0.0), **(extra or {}),
     }
     draw_network(graph, out / "network.png", data.input_names, data.output_names, gap=cfg.l0,
-                 title=f"{cfg.recipe} [{cfg.variant}] pruned at {cfg.threshold:g}: test MSE {pruned_test:.2e}")
+                 title=f"{cfg.recipe} [{cfg.variant}] pruned at {cfg.threshold:g}: test "
+                       + (f"accuracy {extra['test_accuracy_pruned']:.3f}" if cfg.task == "two-moon" else f"MSE {pruned_test:.2e}"))
     snap.revert()
-    plot_curves(out / "log.csv", out / "curves.png", title=f"{cfg.recipe} [{cfg.variant}], seed {cfg.seed}")
+    plot_curves(out / "log.csv", out / "curves.png", title=f"{cfg.recipe} [{cfg.variant}], seed {cfg.seed}",
+                loss_label="loss (cross-entropy)" if cfg.task == "two-moon" else "loss (MSE)")
     write_json(out / "metrics.json", metrics)
     return metrics
