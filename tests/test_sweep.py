@@ -47,3 +47,12 @@ def test_sweep_writes_the_front_and_an_interrupted_sweep_continues(tmp_path, mon
     assert capsys.readouterr().out.count("done before") == 2
     b = json.loads((tmp_path / "b" / "sweep.json").read_text())
     assert b["runs"] == a["runs"] and b["settings"] == a["settings"]
+
+
+def test_strength_zero_is_a_valid_setting_in_every_two_arm_recipe(tmp_path):
+    from topotorch.recipes import run_recipe
+    m = run_recipe("tdann-cnn", tmp_path / "t", {"alpha": 0.0, "steps": 3, "channels": [4, 8], "preopt_windows": 1,
+                                                  "preopt_swaps": 2}, progress=False)
+    assert m["accuracy_topo"] == m["accuracy_control"]  # same weights, data and positions, no loss: the same run
+    m = run_recipe("topolm", tmp_path / "l", {"quick": True, "steps": 3, "alpha": 0.0}, progress=False)
+    assert m["val_loss_topo"] == m["val_loss_control"]

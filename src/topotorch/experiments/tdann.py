@@ -94,7 +94,7 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
         pre = topo.optimize_positions(data.x_train[:256], windows=cfg.preopt_windows, swaps=cfg.preopt_swaps,
                                       seed=cfg.seed)  # the same positions in both arms: same weights, same responses
         opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr)
-        spatial = topo if arm == "topo" else None
+        spatial = topo if arm == "topo" and cfg.alpha > 0 else None  # α = 0: the topo arm is a second control
 
         def loss_fn(step, micro, model=model, spatial=spatial):
             idx = batches(step)
