@@ -42,8 +42,17 @@ def test_reproduce_data_adds_real_data_rows_that_name_their_data(tmp_path, capsy
         import pytest
         pytest.skip("needs ../shared/data")
     main(["reproduce", "--quick", "--seeds", "1", "--data", str(data), "--only", "topolm-text,locality-prior-mnist",
-          "--out", str(tmp_path), "--quiet"])
-    rows = {r["recipe"]: r for r in json.loads((tmp_path / "report.json").read_text())["rows"]}
+          "--sweeps", "--out", str(tmp_path), "--quiet"])
+    rep = json.loads((tmp_path / "report.json").read_text())
+    rows = {r["recipe"]: r for r in rep["rows"]}
+    # the fronts: TDANN's α and TopoLM's α on the text, each setting marked against the 2 % rule
+    assert [f["name"] for f in rep["fronts"]] == ["tdann-cnn", "topolm-text"]
+    for f in rep["fronts"]:
+        ctrl = next(x for x in f["settings"] if x["control"])
+        for x in f["settings"]:
+            assert x["within_2pct"] == (abs(x["task_mean"] - ctrl["task_mean"]) <= 0.02 * abs(ctrl["task_mean"]))
+        assert (tmp_path / f["figure"]).stat().st_size > 0
+    assert "## Topography at what cost: fronts" in (tmp_path / "report.md").read_text()
     assert set(rows) == {"topolm-text", "locality-prior-mnist"}
     assert rows["topolm-text"]["data"] == "tinyshakespeare.txt + stimuli + BLiMP"
     assert rows["locality-prior-mnist"]["data"].startswith("MNIST")

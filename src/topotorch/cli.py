@@ -126,7 +126,7 @@ def _cmd_sweep(args) -> int:
 def _cmd_reproduce(args) -> int:
     from .report import reproduce
     rows = reproduce(args.out, quick=args.quick, only=args.only.split(",") if args.only else None,
-                     progress=not args.quiet, seeds=args.seeds, data_dir=args.data)
+                     progress=not args.quiet, seeds=args.seeds, data_dir=args.data, sweeps=args.sweeps)
     return 0 if all(r["holds"] for r in rows) else 1
 
 
@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     rp.add_argument("--out", default="reproduce", help="output directory (default: reproduce)")
     rp.add_argument("--only", help="comma-separated recipes to run (default: all)")
     rp.add_argument("--seeds", type=int, help="seeds per claim (default: 3 with --quick, 5 otherwise)")
+    rp.add_argument("--sweeps", action="store_true", help="add the task-vs-topography fronts (TDANN α; TopoLM α "
+                                                          "on text with --data), at most 3 seeds per setting")
     rp.add_argument("--data", help="a folder of real data (a .txt corpus, stimuli/, blimp/, mnist-t10k/): adds "
                                    "the claims measured on it, e.g. --data ../shared/data")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -219,11 +219,37 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}" if x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e4) else f"{x:.3g}"
 
 
+def fronts(out: Path, quick: bool, seeds: int, data_dir=None, progress: bool = True) -> list[dict]:
+    """The task-vs-topography fronts: TDANN-CNN's α, and TopoLM's α on a text corpus in ``data_dir`` (when there
+    is one), each a :func:`topotorch.sweep.sweep` over ``seeds`` seeds. Marks the settings whose task figure stays
+    within 2 % of the control's."""
+    from .sweep import sweep
+    specs = [("tdann-cnn", "tdann-cnn", {"alpha": [0, 2] if quick else [0, 0.5, 2, 8]}, {}, "sklearn digits")]
+    texts = sorted(Path(data_dir).glob("*.txt")) if data_dir else []
+    if texts:
+        fixed = {"data": str(texts[0].resolve()), "arms": ["topo"], **({"quick": True} if quick else {})}
+        if (Path(data_dir) / "stimuli" / "elli_stimuli.csv").is_file():
+            fixed["stimuli"] = str((Path(data_dir) / "stimuli").resolve())
+        specs.append(("topolm-text", "topolm", {"alpha": [0, 2.5] if quick else [0, 0.5, 2.5]}, fixed, texts[0].name))
+    result = []
+    for name, recipe, grid, fixed, data in specs:
+        print(f"front {name}: {grid} × {seeds} seed(s) …", flush=True)
+        res = sweep(recipe, grid, fixed, seeds=seeds, out=out / "sweeps" / name, progress=progress)
+        ctrl = next(x for x in res["settings"] if x["control"])
+        for x in res["settings"]:
+            x["within_2pct"] = abs(x["task_mean"] - ctrl["task_mean"]) <= 0.02 * abs(ctrl["task_mean"])
+        result.append({"name": name, "data": data, "task": res["task"], "topography": res["topography"],
+                       "strength": res["strength"], "settings": res["settings"],
+                       "figure": str(Path("sweeps") / name / "sweep.png")})
+    return result
+
+
 def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True,
-              seeds: int | None = None, data_dir=None) -> list[dict]:
+              seeds: int | None = None, data_dir=None, sweeps: bool = False) -> list[dict]:
     """Run the recipes behind :data:`CLAIMS` over ``seeds`` seeds each (default 3 quick, 5 full) into
     ``out/<recipe>/seed-<S>`` and write the report; returns the rows. Seeds start at the recipe's own
-    default seed (``S, S+1, …``). ``data_dir`` adds the claims of :func:`data_claims` (real data)."""
+    default seed (``S, S+1, …``). ``data_dir`` adds the claims of :func:`data_claims` (real data); ``sweeps``
+    adds the task-vs-topography :func:`fronts`."""
     seeds = seeds if seeds is not None else (3 if quick else 5)
     if seeds < 1:
         raise ValueError(f"--seeds must be ≥ 1, got {seeds}")
@@ -259,18 +285,25 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
                      "figure": str(Path(name) / f"seed-{seed_list[0]}" / c.figure)})
         print(f"  {name}: held on {held}/{len(seed_list)} seeds → {'holds' if rows[-1]['holds'] else 'DOES NOT HOLD'}",
               flush=True)
+    front = fronts(out, quick, min(seeds, 3), data_dir, progress) if sweeps else []
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick, "rule": RULE,
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpus": torch.get_num_threads(), "seconds": round(time.time() - t0, 1)}
-    atomic_write_text(out / "report.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
-    atomic_write_text(out / "report.md", _markdown(rows, meta))
-    atomic_write_text(out / "report.html", _html(rows, meta, out))
+    atomic_write_text(out / "report.json", json.dumps({"meta": meta, "rows": rows, "fronts": front}, indent=1))
+    atomic_write_text(out / "report.md", _markdown(rows, meta, front))
+    atomic_write_text(out / "report.html", _html(rows, meta, out, front))
     print(f"{sum(r['holds'] for r in rows)}/{len(rows)} claims hold ({RULE}); wrote {out}/report.md and "
           f"{out}/report.html")
     return rows
 
 
-def _markdown(rows, meta) -> str:
+def _front_rows(f) -> list[tuple]:
+    return [(f"{f['strength']} = {x[f['strength']]}" + (" (control)" if x["control"] else ""),
+             f"{_fmt(x['task_mean'])} ± {_fmt(x['task_sd'])}", f"{_fmt(x['topography_mean'])} ± {_fmt(x['topography_sd'])}",
+             "yes" if x["within_2pct"] else "no") for x in f["settings"]]
+
+
+def _markdown(rows, meta, front=()) -> str:
     lines = [f"# topotorch reproduction report{' (quick)' if meta['quick'] else ''}", "",
              f"{meta['date']} · torch {meta['torch']} · Python {meta['python']} · {meta['machine']} · "
              f"{meta['seconds']:.0f} s in all. Every measured value below was computed in this run, as mean ± sd "
@@ -286,10 +319,19 @@ def _markdown(rows, meta) -> str:
         lines += [f"## {r['system']} — `{r['recipe']}`", "", f"Held on {r['held']}/{len(r['seeds'])} seeds.", ""]
         lines += [f"- seed {p['seed']}: {'holds' if p['holds'] else 'does not hold'} — {p['measured']}" for p in r["per_seed"]]
         lines += ["", f"![{r['recipe']}]({r['figure']}) (seed {r['seeds'][0]})", ""]
+    if front:
+        lines += ["## Topography at what cost: fronts", ""]
+    for f in front:
+        n = f["settings"][0]["n"]
+        lines += [f"### `{f['name']}` ({f['data']}; {n} seed(s) per setting)", "",
+                  f"| setting | {f['task']} (mean ± sd) | {f['topography']} (mean ± sd) | task within 2 % of the control |",
+                  "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _front_rows(f)]
+        lines += ["", f"![{f['name']}]({f['figure']})", ""]
     return "\n".join(lines)
 
 
-def _html(rows, meta, out: Path) -> str:
+def _html(rows, meta, out: Path, front=()) -> str:
     def img(path):
         p = out / path
         if not p.is_file():
@@ -315,6 +357,13 @@ def _html(rows, meta, out: Path) -> str:
                         for p in r["per_seed"])
         body.append(f"<h2>{esc(r['system'])} — <code>{esc(r['recipe'])}</code></h2><p>Held on {r['held']}/"
                     f"{len(r['seeds'])} seeds.</p><ul>{seeds}</ul>{img(r['figure'])}<p>(seed {r['seeds'][0]})</p>")
+    if front:
+        body.append("<h2>Topography at what cost: fronts</h2>")
+    for f in front:
+        cells = "".join(f"<tr><td>{esc(a)}</td><td>{esc(b)}</td><td>{esc(c)}</td><td>{d}</td></tr>" for a, b, c, d in _front_rows(f))
+        body.append(f"<h3><code>{esc(f['name'])}</code> ({esc(f['data'])})</h3><table><tr><th>setting</th><th>"
+                    f"{esc(f['task'])}</th><th>{esc(f['topography'])}</th><th>task within 2 % of the control</th></tr>"
+                    f"{cells}</table>{img(f['figure'])}")
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:6px;vertical-align:top}"
              "th{background:#f3f3f3}.ok{color:#11772d;font-weight:bold}.no{color:#b00020;font-weight:bold}"
