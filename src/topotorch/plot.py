@@ -57,12 +57,12 @@ def draw_network(graph: NeuronGraph, path=None, input_names: Sequence[str] | Non
     for p in xy:
         ax.scatter(p[:, 0], p[:, 1], s=max(4, 200 / max(graph.shape)), c="black", zorder=2)
     ip, op = graph.input_perm(), graph.output_perm()
-    if input_names is not None:
+    if input_names is not None and len(input_names) == graph.layers[0].n:
         ip = torch.arange(graph.layers[0].n) if ip is None else ip.cpu()
         if len(xy[0]) <= 64:
             for u, orig in enumerate(ip.tolist()):
                 ax.text(xy[0][u, 0], xy[0][u, 1] - gap * 0.35, input_names[orig], ha="center", va="top", fontsize=9)
-    if output_names is not None:
+    if output_names is not None and len(output_names) == graph.layers[-1].n:
         op = torch.arange(graph.layers[-1].n) if op is None else op.cpu()
         if len(xy[-1]) <= 64:
             for u, orig in enumerate(op.tolist()):

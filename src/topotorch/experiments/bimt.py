@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -47,7 +49,9 @@ class BIMTConfig:
     shape: list[int] = field(default_factory=lambda: [4, 20, 20, 2])
     activation: str = "silu"
     in_fold: int = 1
-    layout: Literal["line", "grid"] = "line"
+    layout: Literal["line", "grid", "bio2d"] = "line"  # bio2d: BIMT's BioMLP2D — input image grid, square hidden grids, output ring
+    p: float = 2.0                    # norm of distances in 2D layouts (BioMLP2D: 1, L1)
+    data_dir: str = "data/mnist"      # task mnist: IDX files (downloaded if missing and a network is there)
     n_train: int = 100
     n_test: int = 100
     steps: int = 20000
@@ -82,10 +86,14 @@ class BIMTConfig:
     tensorboard: bool = False         # also log to out/tb (pip install 'topotorch[tensorboard]')
 
     def validate(self) -> None:
-        if self.task not in D.SYMBOLIC and self.task != "two-moon":
-            raise ValueError(f"task must be one of {sorted(D.SYMBOLIC) + ['two-moon']}, got {self.task!r}")
-        d_in, n_out = (2, 2) if self.task == "two-moon" else (D.SYMBOLIC[self.task][0],
-                                                             D.symbolic(self.task, 0, 1, 1).y_train.shape[1])
+        if self.task not in D.SYMBOLIC and self.task not in CLASSIFICATION:
+            raise ValueError(f"task must be one of {sorted(D.SYMBOLIC) + sorted(CLASSIFICATION)}, got {self.task!r}")
+        d_in, n_out = CLASSIFICATION[self.task] if self.task in CLASSIFICATION else (
+            D.SYMBOLIC[self.task][0], D.symbolic(self.task, 0, 1, 1).y_train.shape[1])
+        if self.layout == "bio2d":
+            for n in [d_in] + self.shape[1:-1]:
+                if math.isqrt(n) ** 2 != n:
+                    raise ValueError(f"layout bio2d puts layers on square grids: {n} units is not a square")
         if len(self.shape) < 2 or self.shape[0] != d_in or self.shape[-1] != n_out:
             raise ValueError(f"shape {self.shape} does not fit task {self.task!r}: needs {d_in} inputs and "
                              f"{n_out} outputs")
@@ -103,16 +111,37 @@ class BIMTConfig:
             raise ValueError(f"in_fold {self.in_fold} does not divide the input size {self.shape[0]}")
 
 
+# classification tasks: name → (inputs, classes). two-moon trains with cross-entropy; the images with MSE on
+# one-hot targets, as BIMT's MNIST notebook.
+CLASSIFICATION = {"two-moon": (2, 2), "digits": (64, 10), "mnist": (784, 10)}
+
+
+def layouts(cfg: BIMTConfig):
+    """Per neuron layer: ``line``/``grid`` for all, or BioMLP2D's input grid, square hidden grids, output ring."""
+    if cfg.layout != "bio2d":
+        return cfg.layout
+    from .. import layout as L
+    return [L.grid(math.isqrt(n)) for n in cfg.shape[:-1]] + [L.ring(cfg.shape[-1])]
+
+
 def load_task(cfg: BIMTConfig) -> D.Split:
-    """The task's data: a symbolic formula (regression) or two-moon (classification)."""
+    """The task's data: a symbolic formula (regression), two-moon or an image set (classification)."""
     if cfg.task == "two-moon":
         return D.two_moon(cfg.seed, cfg.n_train, cfg.n_test)
+    if cfg.task == "digits":
+        return D.digits(cfg.seed, flat=True)
+    if cfg.task == "mnist":
+        return D.mnist(cfg.data_dir, cfg.seed, flat=True)
     return D.symbolic(cfg.task, cfg.seed, cfg.n_train, cfg.n_test)
 
 
+def _onehot_mse(out, y):
+    return F.mse_loss(out, F.one_hot(y, out.shape[-1]).to(out.dtype))
+
+
 def task_loss(cfg: BIMTConfig):
-    """Cross-entropy for classification tasks, MSE for the formulas."""
-    return F.cross_entropy if cfg.task == "two-moon" else F.mse_loss
+    """Cross-entropy for two-moon, MSE on one-hot targets for the images (BIMT's), MSE for the formulas."""
+    return {"two-moon": F.cross_entropy, "digits": _onehot_mse, "mnist": _onehot_mse}.get(cfg.task, F.mse_loss)
 
 
 @kind("bimt", BIMTConfig)
@@ -122,11 +151,11 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
     lossf = task_loss(cfg)
     torch.manual_seed(cfg.seed)
     model = MLP(cfg.shape, cfg.activation)
-    graph = embed(model, cfg.layout, in_fold=cfg.in_fold)
+    graph = embed(model, layouts(cfg), in_fold=cfg.in_fold)
     out = start_run(cfg, out, resume, layouts=[l.layout.to_dict() for l in graph.layers])
     l1_on, local_on, swap_on = VARIANTS[cfg.variant]
     penalize = [True] * (len(graph.weights) - 1) + [not cfg.no_penalize_last]
-    cost_args = dict(l0=cfg.l0, exponent=cfg.exponent, reduction=cfg.reduction, penalize=penalize)
+    cost_args = dict(l0=cfg.l0, exponent=cfg.exponent, reduction=cfg.reduction, penalize=penalize, p=cfg.p)
     cost = WiringCost(graph, A=cfg.A if local_on else 0.0, **cost_args)
     # Swaps use the training cost; only the l1-swap ablation (no distance term in training) needs the
     # geometry for relocation, or its swaps would all be no-ops.
@@ -142,7 +171,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
         with torch.no_grad():
             out = model(xt)
             row = {"test_loss": lossf(out, yt).item()}
-            if cfg.task == "two-moon":
+            if cfg.task in CLASSIFICATION:
                 row["test_accuracy"] = float((out.argmax(1) == yt).float().mean())
             return row
 
@@ -256,13 +285,15 @@ def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds
     train_loss = lossf(model(data.x_train), data.y_train).item()
     test_loss = lossf(model(data.x_test), data.y_test).item()
     acc = lambda: float((model(data.x_test).argmax(1) == data.y_test).float().mean())  # noqa: E731
-    if cfg.task == "two-moon":
+    if cfg.task in CLASSIFICATION:
         extra = {**(extra or {}), "test_accuracy": acc()}
     save_model(model, out / "model.safetensors")
     snap = M.threshold(model, cfg.threshold)
     pruned_test = lossf(model(data.x_test), data.y_test).item()
-    if cfg.task == "two-moon":
+    if cfg.task in CLASSIFICATION:
         extra["test_accuracy_pruned"] = acc()
+        if cfg.layout == "bio2d":
+            extra["digit_sheets"] = plot_digit_sheets(graph, out / "sheets.png", data.output_names)
     q, _ = M.modularity(graph, 0.0, "louvain", seed=cfg.seed)
     q_eig, _ = M.modularity(graph, 0.0, "eigenvector")
     mods = M.modules(graph, 0.0)
@@ -276,9 +307,41 @@ def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds
     }
     draw_network(graph, out / "network.png", data.input_names, data.output_names, gap=cfg.l0,
                  title=f"{cfg.recipe} [{cfg.variant}] pruned at {cfg.threshold:g}: test "
-                       + (f"accuracy {extra['test_accuracy_pruned']:.3f}" if cfg.task == "two-moon" else f"MSE {pruned_test:.2e}"))
+                       + (f"accuracy {extra['test_accuracy_pruned']:.3f}" if cfg.task in CLASSIFICATION else f"MSE {pruned_test:.2e}"))
     snap.revert()
     plot_curves(out / "log.csv", out / "curves.png", title=f"{cfg.recipe} [{cfg.variant}], seed {cfg.seed}",
                 loss_label="loss (cross-entropy)" if cfg.task == "two-moon" else "loss (MSE)")
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def plot_digit_sheets(graph, path, class_names) -> dict:
+    """Each hidden sheet drawn as its 2D grid, a unit coloured by the output class its kept paths feed most
+    (``|W|`` products to the outputs); units with no kept path to an output are left grey. Returns, per hidden
+    layer, the number of units serving each class."""
+    import matplotlib.pyplot as plt
+    op = graph.output_perm()
+    reach = torch.eye(graph.layers[-1].n, dtype=torch.float64)     # (units of the layer, outputs)
+    hidden = {}
+    for i in range(len(graph.layers) - 2, 0, -1):
+        W = next(w for w in graph.weights if w.src == i).weight.detach().abs().double()
+        reach = W.T @ reach
+        hidden[i] = reach.clone()
+    fig, axes = plt.subplots(1, len(hidden), figsize=(3.6 * len(hidden), 3.6), squeeze=False)
+    counts = {}
+    for ax, i in zip(axes[0], sorted(hidden)):
+        r = hidden[i]
+        cls = r.argmax(1)
+        cls = op[cls].cpu() if op is not None else cls  # output slot → the model's own class index
+        alive = r.sum(1) > 0
+        c = graph.layers[i].layout.unit_coords.numpy()
+        ax.scatter(c[~alive.numpy(), 0], c[~alive.numpy(), 1], c="lightgrey", s=30)
+        sc = ax.scatter(c[alive.numpy(), 0], c[alive.numpy(), 1], c=cls[alive].numpy(), cmap="tab10", vmin=-0.5,
+                        vmax=9.5, s=60)
+        ax.set_title(f"{graph.layers[i].name}: class each unit feeds most", fontsize=9)
+        ax.set_aspect("equal"); ax.set_xticks([]); ax.set_yticks([])
+        counts[graph.layers[i].name] = [int(((cls == k) & alive).sum()) for k in range(len(class_names))]
+    fig.colorbar(sc, ax=list(axes[0]), ticks=range(len(class_names)), label="class")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return counts
