@@ -106,15 +106,18 @@ CLAIMS = [
           figures=lambda m: {"test accuracy (pruned)": m["test_accuracy_pruned"], "weights kept": m["params_kept"],
                              "wiring length": m["wiring_length"]}),
     Claim("BIMT on images (BioMLP2D)", "mnist-bimt",
-          "accurate and sparse; hidden units on 2D sheets group by the digit they serve (MNIST notebook)",
+          "accurate and sparse; hidden units on 2D sheets group by the digit they serve (MNIST notebook). Held "
+          "here: accuracy ≥ 0.9 after pruning, ≤ 5 % of weights kept, Newman's Q ≥ 0.4, every digit with its own "
+          "units on the last hidden sheet",
           lambda m: f"test accuracy {m['test_accuracy_pruned']:.3f} pruned; {m['params_kept']}/{m['params_total']} "
                     f"weights kept; digits with their own units in each hidden sheet: "
                     f"{[sum(1 for c in v if c > 0) for v in m['digit_sheets'].values()]}",
           lambda m: m["test_accuracy_pruned"] >= 0.9 and m["params_kept"] <= 0.05 * m["params_total"]
-          and all(sum(1 for c in v if c > 0) == 10 for v in m["digit_sheets"].values()),
+          and m["modularity_q"] >= 0.4 and all(c > 0 for c in list(m["digit_sheets"].values())[-1]),
           "sheets.png", {}, {"steps": 5000},
           figures=lambda m: {"test accuracy (pruned)": m["test_accuracy_pruned"], "weights kept": m["params_kept"],
-                             "modularity Q": m["modularity_q"]}),
+                             "modularity Q": m["modularity_q"],
+                             **{f"digits with own units, {k}": sum(1 for c in v if c > 0) for k, v in m["digit_sheets"].items()}}),
     Claim("Locality prior (seed 001)", "locality-prior",
           "accuracy 97.9 (local) vs 98.1 (control); LP-output spatial variance 8.46 vs 8.67, paired t = −6.5",
           lambda m: f"accuracy {100 * m['accuracy_local']:.1f} vs {100 * m['accuracy_control']:.1f}; variance "
