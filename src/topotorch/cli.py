@@ -52,16 +52,21 @@ def _cmd_workflow(args) -> int:
     return 0
 
 
-def _cmd_blimp(args) -> int:
+def _lm_arms(run):
+    """A topolm run directory and the names of its trained arms (a clear error when there is none)."""
     from pathlib import Path
-
-    from .data import blimp
-    from .experiments.topolm import blimp_accuracy, load_arm
-    from .io import write_json
-    run = Path(args.run)
+    run = Path(run)
     arms = [a.name for a in sorted(run.iterdir()) if (a / "model.safetensors").is_file()] if run.is_dir() else []
     if not arms:
         raise FileNotFoundError(f"{run}: no arm with a model.safetensors — not a trained topolm run directory")
+    return run, arms
+
+
+def _cmd_blimp(args) -> int:
+    from .data import blimp
+    from .experiments.topolm import blimp_accuracy, load_arm
+    from .io import write_json
+    run, arms = _lm_arms(args.run)
     pairs = blimp(args.source, args.phenomena.split(",") if args.phenomena else None)
     res = {}
     for arm in arms:
@@ -80,10 +85,7 @@ def _cmd_stimuli(args) -> int:
     from .data import grammar_corpus, stimulus_table
     from .experiments.topolm import contrast_maps, encode_text, load_arm, plot_maps, stimulus_responses
     from .io import write_json
-    run = Path(args.run)
-    arms = [a.name for a in sorted(run.iterdir()) if (a / "model.safetensors").is_file()] if run.is_dir() else []
-    if not arms:
-        raise FileNotFoundError(f"{run}: no arm with a model.safetensors — not a trained topolm run directory")
+    run, arms = _lm_arms(args.run)
     if args.contrast.count("-") != 1:
         raise ValueError(f"--contrast is A-B (two condition values), got {args.contrast!r}")
     a, b = args.contrast.split("-")

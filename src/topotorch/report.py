@@ -46,25 +46,32 @@ def _nested(deps):
     return all(set(a) < set(b) for a, b in zip(deps, deps[1:]))
 
 
+def _independence_measured(m):
+    return (f"test MSE {m['test_loss']:.2e}; {m['params_kept']}/{m['params_total']} weights kept; modules {_mods(m)}; "
+            f"ranges {'separate' if not extents_overlap(m['module_extents']) else 'overlap'}")
+
+
+def _independence_holds(m):
+    return (m["test_loss"] <= 1e-2 and m["dependencies"] == [[0, 2], [1, 3]] and len(m["modules"]) == 2
+            and not extents_overlap(m["module_extents"]))
+
+
+def _independence_figures(m):
+    return {"test MSE": m["test_loss"], "weights kept": m["params_kept"], "modules": len(m["modules"]),
+            "modularity Q": m["modularity_q"]}
+
+
 CLAIMS = [
     Claim("BIMT (seed 003)", "independence",
           "test MSE 7.4e-3; pruned at 1e-2: two modules {x1,x3}→y1 and {x2,x4}→y2 in separate position ranges",
-          lambda m: f"test MSE {m['test_loss']:.2e}; {m['params_kept']}/{m['params_total']} weights kept; modules {_mods(m)}; "
-                    f"ranges {'separate' if not extents_overlap(m['module_extents']) else 'overlap'}",
-          lambda m: m["test_loss"] <= 1e-2 and m["dependencies"] == [[0, 2], [1, 3]] and len(m["modules"]) == 2
-          and not extents_overlap(m["module_extents"]),
+          _independence_measured, _independence_holds,
           "network.png", {}, {},
-          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"], "modules": len(m["modules"]),
-                             "modularity Q": m["modularity_q"]}),
+          figures=_independence_figures),
     Claim("BIMT, the seed's own procedure (seed 003)", "independence",
           "the notebook's loop (no pruning/fine-tune): two modules {x1,x3}→y1 and {x2,x4}→y2 in separate ranges",
-          lambda m: f"test MSE {m['test_loss']:.2e}; {m['params_kept']}/{m['params_total']} weights kept; modules {_mods(m)}; "
-                    f"ranges {'separate' if not extents_overlap(m['module_extents']) else 'overlap'}",
-          lambda m: m["test_loss"] <= 1e-2 and m["dependencies"] == [[0, 2], [1, 3]] and len(m["modules"]) == 2
-          and not extents_overlap(m["module_extents"]),
+          _independence_measured, _independence_holds,
           "network.png", {"procedure": "seed"}, {"procedure": "seed"}, run_as="independence-seed",
-          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"], "modules": len(m["modules"]),
-                             "modularity Q": m["modularity_q"]}),
+          figures=_independence_figures),
     Claim("BIMT ablation (seed 003)", "independence",
           "without the L1/wiring penalty most weights survive pruning and the network stays entangled",
           lambda m: f"{m['params_kept']}/{m['params_total']} weights kept; {len(m['modules'])} module(s)",
