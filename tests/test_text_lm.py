@@ -45,7 +45,7 @@ def test_blimp_accuracy_of_both_arms_matches_an_independent_computation(text_run
     for arm in ("topo", "control"):
         acc = m[f"blimp_{arm}"]
         assert set(acc) == set(pairs) | {"mean"} and all(0.0 <= v <= 1.0 for v in acc.values())
-        _, model, _ = load_arm(tmp_path, arm)
+        _, model, _, _ = load_arm(tmp_path, arm)
         model.eval()
         with torch.no_grad():
             for ph in ("anaphor_gender_agreement", "determiner_noun_agreement_1"):
@@ -99,7 +99,7 @@ def test_stimuli_protocol_matches_an_independent_computation(text_run, table, te
         r = res["arms"][arm]
         for key in ("morans_i", "morans_i_smoothed", "morans_i_null", "morans_i_smoothed_null", "significant_units"):
             assert isinstance(r[key], float), key
-        _, model, positions = load_arm(run, arm)
+        _, model, positions, _ = load_arm(run, arm)
         model.eval()
         name = "blocks.1.mlp"
         got = []

@@ -70,7 +70,7 @@ def _cmd_blimp(args) -> int:
     pairs = blimp(args.source, args.phenomena.split(",") if args.phenomena else None)
     res = {}
     for arm in arms:
-        cfg, model, _ = load_arm(run, arm)
+        cfg, model, _, _ = load_arm(run, arm)
         res[arm] = blimp_accuracy(model, model.config.vocab_size, cfg.block_size, pairs)
         print(f"{arm}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[arm].items()))
     write_json(run / "blimp.json", {"source": str(args.source), "accuracy": res})
@@ -79,33 +79,23 @@ def _cmd_blimp(args) -> int:
 
 
 def _cmd_stimuli(args) -> int:
-    import csv
     from pathlib import Path
 
-    from .data import grammar_corpus, stimulus_table
-    from .experiments.topolm import contrast_maps, encode_text, load_arm, plot_maps, stimulus_responses
+    from .data import stimulus_table
+    from .experiments.topolm import load_arm, plot_maps, stimulus_contrast
     from .io import write_json
     run, arms = _lm_arms(args.run)
     if args.contrast.count("-") != 1:
         raise ValueError(f"--contrast is A-B (two condition values), got {args.contrast!r}")
     a, b = args.contrast.split("-")
     path = stimulus_table(args.file)
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for col in (args.text, args.condition):
-        if not rows or col not in rows[0]:
-            raise ValueError(f"{path}: no column {col!r}; columns: {list(rows[0]) if rows else []}")
-    rows = [r for r in rows if r[args.condition] in (a, b)]
     out = Path(args.out) if args.out else run / "stimuli"
     out.mkdir(parents=True, exist_ok=True)
     res, layouts = {}, {}
     for arm in arms:
-        cfg, model, positions = load_arm(run, arm)
-        vocab = None if cfg.data != "grammar" else grammar_corpus(cfg.n_sentences, cfg.seed).vocab
-        ids = [encode_text(r[args.text], vocab) for r in rows]
-        mods = dict(model.sheets(cfg.sheets))
-        resp = stimulus_responses(model, mods, ids, cfg.block_size)
-        res[arm] = contrast_maps(resp, positions, [r[args.condition] for r in rows], a, b, args.smooth, seed=cfg.seed)
+        cfg, model, positions, vocab = load_arm(run, arm)
+        res[arm] = stimulus_contrast(model, dict(model.sheets(cfg.sheets)), positions, path, args.text, args.condition,
+                                     a, b, vocab, cfg.block_size, args.smooth, seed=cfg.seed)
         layouts[arm] = positions
         print(f"{arm}: Moran's I {res[arm]['morans_i']:.3f} (shuffled {res[arm]['morans_i_null']:.3f}), smoothed "
               f"{res[arm]['morans_i_smoothed']:.3f} (shuffled {res[arm]['morans_i_smoothed_null']:.3f}), "

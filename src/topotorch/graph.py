@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import layout as L
+from .hooks import first_tensor
 from .layout import Layout
 
 __all__ = ["Port", "NeuronLayer", "WeightLayer", "NeuronGraph", "embed", "ELEMENTWISE"]
@@ -307,11 +308,10 @@ class NeuronGraph:
         model = model if model is not None else self.model
         if model is None:
             raise ValueError("verify needs the model: pass model=...")
-        first = lambda out: out if isinstance(out, torch.Tensor) else out[0]
         was = model.training
         model.eval()
         try:
-            ref = first(model(*inputs)).detach().clone()
+            ref = first_tensor(model(*inputs)).detach().clone()
             scale = max(1.0, float(ref.abs().max()))
             g = torch.Generator().manual_seed(seed)
             bad = []
@@ -321,7 +321,7 @@ class NeuronGraph:
                 sp = torch.randperm(layer.layout.m, generator=g)
                 self.permute(i, sp)
                 try:
-                    dev = float((first(model(*inputs)) - ref).abs().max())
+                    dev = float((first_tensor(model(*inputs)) - ref).abs().max())
                 finally:
                     self.permute(i, torch.argsort(sp))
                 if not dev <= rtol * scale:

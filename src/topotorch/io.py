@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = ["atomic_write_text", "atomic_save_file", "write_json", "read_json", "save_model", "load_model",
-           "read_model", "read_tensors", "Checkpointer", "CheckpointError", "check_same_config"]
+           "read_model", "read_state", "read_tensors", "Checkpointer", "CheckpointError", "check_same_config"]
 
 
 class CheckpointError(ValueError, RuntimeError):
@@ -90,8 +90,8 @@ def read_tensors(path) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def read_model(model: nn.Module, path) -> dict:
-    """The state dict stored at ``path``, checked against ``model`` (nothing is loaded yet)."""
+def read_state(path) -> dict:
+    """The state dict stored at ``path`` by :func:`save_model`, tied tensors restored under every name."""
     sd, meta = read_tensors(path)
     try:
         aliases = json.loads(meta.get("aliases", "{}"))
@@ -101,6 +101,12 @@ def read_model(model: nn.Module, path) -> dict:
         if src not in sd:
             raise CheckpointError(f"{path}: alias {k} → {src} names no stored tensor")
         sd[k] = sd[src]
+    return sd
+
+
+def read_model(model: nn.Module, path) -> dict:
+    """The state dict stored at ``path``, checked against ``model`` (nothing is loaded yet)."""
+    sd = read_state(path)
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     bad = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]

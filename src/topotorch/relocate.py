@@ -309,17 +309,14 @@ def swap_optimize_batched(r, layout, candidates: int = 100_000, radius: float = 
             if a not in used and b not in used:
                 used.update((a, b))
                 pairs.append((a, b))
-        for attempt in (pairs, pairs[:1]):
+        for attempt in ([pairs, pairs[:1]] if len(pairs) > 1 else [pairs]):
             perm = torch.arange(n, device=dev)
             for a, b in attempt:
                 perm[a], perm[b] = b, a
             D_new = D[perm][:, perm]
             new = total(D_new)
-            if new > current + 1e-12 or len(attempt) == 1:
-                if new <= current:  # cannot happen for a single improving swap; kept as a guard
-                    break
-                D, current = D_new, new
-                D32 = D.float()
+            if new > current:  # checked in float64: the loss never rises
+                D, current, D32 = D_new, new, D_new.float()
                 slot = slot[perm]
                 occ[slot] = torch.arange(n, device=dev)
                 accepted += len(attempt)

@@ -72,7 +72,7 @@ class Topography:
         self.model, self.entries = model, entries
         self.alpha, self.smoothness = alpha, smoothness
         self.names = [e["name"] for e in entries]
-        on = isinstance(alpha, dict) and any(v > 0 for v in alpha.values()) or not isinstance(alpha, dict) and alpha > 0
+        on = any(v > 0 for v in alpha.values()) if isinstance(alpha, dict) else alpha > 0
         weighted = [e["module"] for e in entries if e["units"] != "locations"]
         self.weights = WeightSmoothness(weighted, factor) if smoothness > 0 and weighted else None
         self.correlation = SpatialCorrelationLoss(

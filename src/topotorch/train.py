@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .io import Checkpointer, atomic_write_text
+from .relocate import relocate
 
 __all__ = ["fit", "Callback", "WiringPenalty", "Relocation", "Batches", "TrainingDiverged", "CSVLog",
            "make_optimizer", "accuracy", "piecewise", "tensorboard_writer"]
@@ -180,15 +181,13 @@ class Relocation(Callback):
     """BIMT's function-preserving swaps every ``every`` steps; counts the units moved (``swaps``)."""
 
     def __init__(self, graph, cost, optimizer, every: int = 200, top_k: int = 5, method: str = "greedy"):
-        from .relocate import relocate
-        self._relocate = relocate
         self.graph, self.cost, self.optimizer = graph, cost, optimizer
         self.every, self.top_k, self.method = every, top_k, method
         self.swaps = 0
 
     def after_step(self, step: int) -> None:
         if (step + 1) % self.every == 0:
-            self.swaps += self._relocate(self.graph, self.cost, self.top_k, self.method, optimizer=self.optimizer)
+            self.swaps += relocate(self.graph, self.cost, self.top_k, self.method, optimizer=self.optimizer)
 
     def log(self, step: int) -> dict:
         return {"swaps": self.swaps}

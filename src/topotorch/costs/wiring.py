@@ -60,12 +60,14 @@ class WiringCost(nn.Module):
     def refresh(self) -> None:
         """Recompute the distance factors (after changing layouts)."""
         self._geom64: list[torch.Tensor] = []  # scale·A·d^e, (dst.n, src.n): the position-dependent part
+        self._scale: list[float] = []          # the reduction's weight scale (0: not penalised)
         self._bscale: list[float] = []
         self._cache: dict = {}
         for w, on in zip(self.graph.weights, self.penalize):
             W = w.weight
             d = distance(self.graph.layers[w.dst].layout, self.graph.layers[w.src].layout, p=self.p)
             scale = (1.0 / W.numel() if self.reduction == "mean" else 1.0) if on else 0.0
+            self._scale.append(scale)
             self._geom64.append(scale * self.A * d.pow(self.exponent))
             b = w.bias
             bscale = 1.0 / b.numel() if (b is not None and self.reduction == "mean") else 1.0
@@ -76,9 +78,8 @@ class WiringCost(nn.Module):
         key = (k, W.device, W.dtype)
         got = self._cache.get(key)
         if got is None:
-            scale = (1.0 / W.numel() if self.reduction == "mean" else 1.0) if self.penalize[k] else 0.0
             geom = self._geom64[k]
-            full = (geom + scale * self.l0).reshape(*geom.shape, *(1,) * (W.dim() - 2))
+            full = (geom + self._scale[k] * self.l0).reshape(*geom.shape, *(1,) * (W.dim() - 2))
             got = self._cache[key] = (geom.to(W.device, W.dtype), full.to(W.device, W.dtype))
         return got
 

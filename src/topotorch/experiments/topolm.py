@@ -273,16 +273,13 @@ def analyse_text(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, dev
                                "corr_r_d": float(1 - 2 * pair_loss(r, inverse_distance(lay).double()))}
     res["corr_r_d"] = float(np.mean([v["corr_r_d"] for v in res["sheets"].values()]))
     if stimuli:
-        import csv
         mods = {n: m for n, m, _ in sheets}
         lays = {n: lay for n, _, lay in sheets}
         vocab = None if tokens.vocab_size == 256 else tokens.vocab
         for key, (table, text, cond, a, b) in {"localizer": ("fedorenko", "sentence", "condition", "S", "N"),
                                                "noun_verb": ("elli", "pair", "class", "noun", "verb")}.items():
             path = D.stimulus_table(Path(stimuli) / f"{table}_stimuli.csv" if Path(stimuli).is_dir() else table)
-            rows = [row for row in csv.DictReader(open(path, newline="")) if row[cond] in (a, b)]
-            resp = stimulus_responses(model, mods, [encode_text(row[text], vocab) for row in rows], cfg.block_size)
-            res[key] = contrast_maps(resp, lays, [row[cond] for row in rows], a, b, 2.0, seed=cfg.seed)
+            res[key] = stimulus_contrast(model, mods, lays, path, text, cond, a, b, vocab, cfg.block_size, seed=cfg.seed)
     return res
 
 
@@ -440,25 +437,38 @@ def contrast_maps(responses: dict, layouts: dict, labels: list, a: str, b: str, 
     return res
 
 
+def stimulus_contrast(model: GPT, modules: dict, layouts: dict, path, text: str, condition: str, a: str, b: str,
+                      vocab: list[str] | None, block_size: int, fwhm: float = 2.0, seed: int = 0) -> dict:
+    """A stimulus table's contrast ``a`` − ``b`` on the sheets: the rows of the two conditions, each fed alone
+    (:func:`stimulus_responses`), then :func:`contrast_maps`. Missing columns raise naming the file."""
+    import csv
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for col in (text, condition):
+        if not rows or col not in rows[0]:
+            raise ValueError(f"{path}: no column {col!r}; columns: {list(rows[0]) if rows else []}")
+    rows = [r for r in rows if r[condition] in (a, b)]
+    resp = stimulus_responses(model, modules, [encode_text(r[text], vocab) for r in rows], block_size)
+    return contrast_maps(resp, layouts, [r[condition] for r in rows], a, b, fwhm, seed=seed)
+
+
 def load_arm(run, arm: str):
-    """``(config, GPT, {sheet: Layout})`` of one arm of a ``topolm`` run directory (the positions are read from
-    the arm's ``topo_positions`` buffers)."""
+    """``(config, GPT, {sheet: Layout}, vocabulary)`` of one arm of a ``topolm`` run directory: the positions
+    come from the arm's ``topo_positions`` buffers; the vocabulary is the grammar's words, ``None`` for bytes."""
     from ..config import from_dict
-    from ..io import read_json, read_tensors
+    from ..io import read_json, read_state
     run = Path(run)
     conf = read_json(run / "config.json", "run config").get("config")
     if not isinstance(conf, dict):
         raise ValueError(f"{run / 'config.json'}: no 'config' object — not a topolm run directory")
     cfg = from_dict(TopoLMConfig, conf)
-    vocab = len(D.grammar_corpus(cfg.n_sentences, cfg.seed).vocab) if cfg.data == "grammar" else 256
-    model = GPT(GPTConfig(cfg.block_size, vocab, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout))
-    sd, _ = read_tensors(run / arm / "model.safetensors")
-    sd = {k: v for k, v in sd.items() if not k.endswith("topo_positions")}
-    sd["lm_head.weight"] = sd.get("lm_head.weight", sd["wte.weight"])
-    positions = {k[:-len(".topo_positions")]: v for k, v in read_tensors(run / arm / "model.safetensors")[0].items()
-                 if k.endswith("topo_positions")}
+    vocab = D.grammar_corpus(cfg.n_sentences, cfg.seed).vocab if cfg.data == "grammar" else None
+    model = GPT(GPTConfig(cfg.block_size, len(vocab) if vocab else 256, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout))
+    sd = read_state(run / arm / "model.safetensors")
+    suffix = ".topo_positions"
+    positions = {k[:-len(suffix)]: L.Layout(sd.pop(k).double(), kind="grid") for k in list(sd) if k.endswith(suffix)}
     model.load_state_dict(sd)
-    return cfg, model, {n: L.Layout(c.double(), kind="grid") for n, c in positions.items()}
+    return cfg, model, positions, vocab
 
 
 @kind("topolm", TopoLMConfig)
