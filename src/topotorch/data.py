@@ -73,6 +73,46 @@ def two_moon(seed: int, n_train: int = 1000, n_test: int = 1000, noise: float = 
     return Split(x[:n_train], y[:n_train], x[n_train:], y[n_train:], ["$x_1$", "$x_2$"], ["class 0", "class 1"])
 
 
+def _pair_split(table: np.ndarray, names: list[str], seed: int, train_fraction: float) -> Split:
+    """All ``n × n`` operand pairs ``(a, b)`` with labels ``table[a, b]``, split at random as BIMT's notebooks."""
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    n = table.shape[0]
+    a, b = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    x, y = np.stack([a.ravel(), b.ravel()], 1), table.ravel()
+    perm = np.random.RandomState(seed).permutation(n * n)
+    n_train = int(n * n * train_fraction)
+    tr, te = perm[:n_train], perm[n_train:]
+    l = lambda v: torch.as_tensor(v, dtype=torch.long)
+    return Split(l(x[tr]), l(y[tr]), l(x[te]), l(y[te]), ["a", "b"], names)
+
+
+def modular_addition(p: int = 59, seed: int = 0, train_fraction: float = 0.8) -> Split:
+    """BIMT's modular addition: ``x (N, 2)`` residue pairs (long), ``y = (a + b) mod p``; 80 % of the p² pairs
+    train."""
+    if p < 2:
+        raise ValueError(f"the modulus must be at least 2, got {p}")
+    r = np.arange(p)
+    return _pair_split((r[:, None] + r[None, :]) % p, [str(k) for k in range(p)], seed, train_fraction)
+
+
+def permutation_group(n: int = 4, seed: int = 0, train_fraction: float = 0.8) -> Split:
+    """BIMT's permutation group S_n (S4: 24 elements in lexicographic order): ``x (N, 2)`` element pairs (long),
+    ``y`` the index of the composition ``b ∘ a`` (``b[a[i]]``, the notebook's ``p2[p1]``). Class names are the
+    permutations of 1…n with their parity, e.g. ``"2134-"``."""
+    import itertools
+    if not 2 <= n <= 5:
+        raise ValueError(f"S_n is built for n in 2..5, got {n}")
+    perms = list(itertools.permutations(range(n)))
+    index = {q: k for k, q in enumerate(perms)}
+    table = np.array([[index[tuple(np.array(q)[np.array(p)])] for q in perms] for p in perms])
+
+    def name(q):
+        inversions = sum(q[i] > q[j] for i in range(n) for j in range(i + 1, n))
+        return "".join(str(v + 1) for v in q) + ("+" if inversions % 2 == 0 else "-")
+    return _pair_split(table, [name(q) for q in perms], seed, train_fraction)
+
+
 # ---- classification datasets -------------------------------------------------------------------
 
 def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "LeNet", "SpatialNet", "ACTIVATIONS"]
+__all__ = ["MLP", "TokenMLP", "LeNet", "SpatialNet", "ACTIVATIONS"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -32,6 +32,30 @@ class MLP(nn.Sequential):
                 mods.append(ACTIVATIONS[activation]())
         super().__init__(*mods)
         self.shape = shape
+
+
+class TokenMLP(nn.Module):
+    """BIMT's token model (modular addition, S4): a learned embedding ``(vocab, dim)`` of each of the
+    ``n_tokens`` operands, concatenated and fed to an :class:`MLP` whose input layer has ``n_tokens · dim``
+    units (embed it with ``in_fold=n_tokens``: each embedding dimension is one input slot).
+
+    ``forward(tokens (B, n_tokens) long) → (B, shape[-1])``. The embedding is a parameter drawn from N(0, 1), as
+    BIMT's notebooks.
+    """
+
+    def __init__(self, vocab: int, dim: int, shape: Sequence[int], activation: str = "silu", n_tokens: int = 2):
+        super().__init__()
+        if shape[0] != n_tokens * dim:
+            raise ValueError(f"the MLP's input size {shape[0]} must be n_tokens × dim = {n_tokens} × {dim}")
+        self.embedding = nn.Parameter(torch.randn(vocab, dim))
+        self.mlp = MLP(shape, activation)
+        self.n_tokens = n_tokens
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2 or tokens.shape[1] != self.n_tokens or tokens.is_floating_point():
+            raise ValueError(f"TokenMLP takes (batch, {self.n_tokens}) integer tokens, got {tuple(tokens.shape)} "
+                             f"{tokens.dtype}")
+        return self.mlp(self.embedding[tokens].flatten(1))
 
 
 class LeNet(nn.Module):

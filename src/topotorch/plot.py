@@ -35,13 +35,17 @@ def _unit_xy(graph: NeuronGraph, i: int, gap: float) -> np.ndarray:
 
 def draw_network(graph: NeuronGraph, path=None, input_names: Sequence[str] | None = None,
                  output_names: Sequence[str] | None = None, gap: float = 0.1, title: str | None = None,
-                 ax=None):
+                 ax=None, max_edges: int = 3000):
     """BIMT's network drawing: neurons at their positions, line width ∝ |w| (per layer, relative to its
-    largest weight), blue = positive, red = negative. Labels follow the input/output permutations."""
+    largest weight), blue = positive, red = negative. Labels follow the input/output permutations.
+
+    Connections under 1e-3 of their layer's largest are not drawn; of the rest, at most ``max_edges``, the
+    strongest (relative to their layer's largest) — the rule is written under the drawing."""
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(4.5, 1.2 + 0.9 * len(graph.layers)))
+        fig, ax = plt.subplots(figsize=(4.5 if max(graph.shape) <= 40 else 7, 1.2 + 0.9 * len(graph.layers)))
     xy = [_unit_xy(graph, i, gap) for i in range(len(graph.layers))]
+    edges = []   # (segments, relative weights) per weight layer
     for w in graph.weights:
         W = w.weight.detach().float().cpu()
         W = W.flatten(2).sum(-1) if W.dim() > 2 else W
@@ -50,23 +54,34 @@ def draw_network(graph: NeuronGraph, path=None, input_names: Sequence[str] | Non
             continue
         rel = (W / mx).numpy()
         d, s = np.nonzero(np.abs(rel) > 1e-3)
-        segs = np.stack([xy[w.dst][d], xy[w.src][s]], 1)
-        lw = 1.5 * np.abs(rel[d, s])
-        colors = np.where(rel[d, s] > 0, "tab:blue", "tab:red")
-        ax.add_collection(LineCollection(segs, linewidths=lw, colors=colors, zorder=1))
+        edges.append((np.stack([xy[w.dst][d], xy[w.src][s]], 1), rel[d, s]))
+    total = sum(len(r) for _, r in edges)
+    cut = np.sort(np.concatenate([np.abs(r) for _, r in edges]))[-max_edges] if total > max_edges else 0.0
+    for segs, r in edges:
+        keep = np.abs(r) >= cut
+        ax.add_collection(LineCollection(segs[keep], linewidths=1.5 * np.abs(r[keep]),
+                                         colors=np.where(r[keep] > 0, "tab:blue", "tab:red"), zorder=1))
+    shown = sum(int((np.abs(r) >= cut).sum()) for _, r in edges)
+    ax.text(0.5, -0.02, f"line width ∝ |w| / its layer's largest; {shown} of {total} connections ≥ 1e-3 of it drawn"
+            + (f" (the {max_edges} strongest)" if total > max_edges else ""),
+            transform=ax.transAxes, ha="center", va="top", fontsize=7, color="dimgray")
     for p in xy:
         ax.scatter(p[:, 0], p[:, 1], s=max(4, 200 / max(graph.shape)), c="black", zorder=2)
     ip, op = graph.input_perm(), graph.output_perm()
     if input_names is not None and len(input_names) == graph.layers[0].n:
         ip = torch.arange(graph.layers[0].n) if ip is None else ip.cpu()
         if len(xy[0]) <= 64:
+            fs = 9 if len(xy[0]) <= 16 else 6
             for u, orig in enumerate(ip.tolist()):
-                ax.text(xy[0][u, 0], xy[0][u, 1] - gap * 0.35, input_names[orig], ha="center", va="top", fontsize=9)
+                ax.text(xy[0][u, 0], xy[0][u, 1] - gap * 0.35, input_names[orig], ha="center", va="top", fontsize=fs,
+                        rotation=0 if len(xy[0]) <= 16 else 90)
     if output_names is not None and len(output_names) == graph.layers[-1].n:
         op = torch.arange(graph.layers[-1].n) if op is None else op.cpu()
         if len(xy[-1]) <= 64:
+            fs = 9 if len(xy[-1]) <= 16 else 6
             for u, orig in enumerate(op.tolist()):
-                ax.text(xy[-1][u, 0], xy[-1][u, 1] + gap * 0.3, output_names[orig], ha="center", va="bottom", fontsize=9)
+                ax.text(xy[-1][u, 0], xy[-1][u, 1] + gap * 0.3, output_names[orig], ha="center", va="bottom",
+                        fontsize=fs, rotation=0 if len(xy[-1]) <= 16 else 90)
     ax.set_xlim(-0.05, 1.05 + (0.15 if any(l.layout.dim > 1 for l in graph.layers) else 0))
     ax.set_ylim(-gap * 0.8, (len(graph.layers) - 1) * gap + gap * 0.9)
     ax.axis("off")

@@ -35,6 +35,7 @@ class Claim:
     run_as: str = ""  # run directory name when a recipe appears twice
     data: str = "offline default"  # the data the claim is measured on (named in the report)
     figures: Callable[[dict], dict] = lambda m: {}  # named numbers of one run, summarised as mean ± sd over seeds
+    full_only: bool = False  # too long for --quick: run in full mode (or when named with --only)
 
 
 def _mods(m):
@@ -125,6 +126,48 @@ CLAIMS = [
           figures=lambda m: {"test accuracy (pruned)": m["test_accuracy_pruned"], "weights kept": m["params_kept"],
                              "modularity Q": m["modularity_q"],
                              **{f"digits with own units, {k}": sum(1 for c in v if c > 0) for k, v in m["digit_sheets"].items()}}),
+    Claim("BIMT modular addition", "modular-addition",
+          "100 % test accuracy; few embedding dimensions stay active (published 7 of 32), and pairs of them hold the "
+          "residues on a circle. Held here: accuracy ≥ 0.99 after pruning, ≤ 10 active dimensions, the same accuracy "
+          "with every other dimension zeroed, ring score ≥ 0.8",
+          lambda m: f"test accuracy {m['test_accuracy_pruned']:.3f} pruned; {m['active_embedding_dims']}/32 embedding "
+                    f"dimensions active (accuracy with only them {m['test_accuracy_active_dims_only']:.3f}); ring score "
+                    f"{m['ring_score']:.2f}; {m['params_kept']}/{m['params_total']} weights kept",
+          lambda m: m["test_accuracy_pruned"] >= 0.99 and m["active_embedding_dims"] <= 10
+          and m["test_accuracy_active_dims_only"] >= 0.99 and m["ring_score"] >= 0.8,
+          "embedding.png", {}, {}, full_only=True,
+          figures=lambda m: {"test accuracy (pruned)": m["test_accuracy_pruned"],
+                             "active embedding dims": m["active_embedding_dims"], "ring score": m["ring_score"],
+                             "weights kept": m["params_kept"], "modularity Q": m["modularity_q"]}),
+    Claim("BIMT modular addition, control (no wiring cost)", "modular-addition",
+          "without the penalty every embedding dimension stays in use",
+          lambda m: f"test accuracy {m['test_accuracy_pruned']:.3f} pruned; {m['active_embedding_dims']}/32 embedding "
+                    f"dimensions active; {m['params_kept']}/{m['params_total']} weights kept",
+          lambda m: m["active_embedding_dims"] >= 24, "embedding.png", {"variant": "none"}, {"variant": "none"},
+          run_as="modular-addition-none", full_only=True,
+          figures=lambda m: {"test accuracy (pruned)": m["test_accuracy_pruned"],
+                             "active embedding dims": m["active_embedding_dims"], "weights kept": m["params_kept"]}),
+    Claim("BIMT permutation group S4", "permutation-group",
+          "test accuracy 0.991 with a sparse network. Held here: accuracy ≥ 0.98 after pruning with ≤ 10 % of weights kept",
+          lambda m: f"test accuracy {m['test_accuracy_pruned']:.3f} pruned; {m['active_embedding_dims']}/32 embedding "
+                    f"dimensions active; {m['params_kept']}/{m['params_total']} weights kept",
+          lambda m: m["test_accuracy_pruned"] >= 0.98 and m["params_kept"] <= 0.1 * m["params_total"],
+          "embedding.png", {}, {}, full_only=True,
+          figures=lambda m: {"test accuracy (pruned)": m["test_accuracy_pruned"],
+                             "active embedding dims": m["active_embedding_dims"], "weights kept": m["params_kept"],
+                             "modularity Q": m["modularity_q"]}),
+    Claim("BIMT on a language model (seed 000's proposal)", "gpt-bimt",
+          "the seed's question: with the wiring cost a GPT's circuits become simpler than without it (control) and "
+          "than with L1 alone. Held here: validation loss within 5 % of the control's, fewer weights needed at +5 % "
+          "loss and higher Newman Q than the control, more local MLP units and heads than the L1 arm",
+          lambda m: m["verdict"] + f"; L1 arm: val loss {m['val_loss_l1']:.3f}, MLP unit spread {m['mlp_unit_spread_l1']:.3f}",
+          lambda m: m["val_loss_bimt"] <= 1.05 * m["val_loss_control"]
+          and m["kept_at_budget_bimt"] < m["kept_at_budget_control"] and m["modularity_q_bimt"] > m["modularity_q_control"]
+          and m["mlp_unit_spread_bimt"] < m["mlp_unit_spread_l1"] and m["head_spread_bimt"] < m["head_spread_l1"],
+          "circuit.png", {}, {}, full_only=True,
+          figures=lambda m: {f"{k} {a}": m[f"{k}_{a}"] for k in ("val_loss", "kept_at_budget", "modularity_q",
+                                                                  "mlp_unit_spread", "head_spread")
+                             for a in ("bimt", "l1", "control")}),
     Claim("Locality prior (seed 001)", "locality-prior",
           "accuracy 97.9 (local) vs 98.1 (control); LP-output spatial variance 8.46 vs 8.67, paired t = −6.5",
           lambda m: f"accuracy {100 * m['accuracy_local']:.1f} vs {100 * m['accuracy_control']:.1f}; variance "
@@ -278,7 +321,7 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     rows = []
     t0 = time.time()
     claims = [c for c in CLAIMS + (data_claims(data_dir) if data_dir else [])
-              if not only or c.recipe in only or c.run_as in only]
+              if (c.recipe in only or c.run_as in only) if only else not (quick and c.full_only)]
     if not claims:
         raise ValueError(f"no recipe matches {only}; recipes: {sorted({c.recipe for c in CLAIMS})}")
     for k, c in enumerate(claims, 1):
@@ -308,7 +351,8 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     front = fronts(out, quick, min(seeds, 3), data_dir, progress) if sweeps else []
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick, "rule": RULE,
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": torch.get_num_threads(), "seconds": round(time.time() - t0, 1)}
+            "cpus": torch.get_num_threads(), "seconds": round(time.time() - t0, 1),
+            "not_run": [] if only else [c.run_as or c.recipe for c in CLAIMS if quick and c.full_only]}
     atomic_write_text(out / "report.json", json.dumps({"meta": meta, "rows": rows, "fronts": front}, indent=1))
     atomic_write_text(out / "report.md", _markdown(rows, meta, front))
     atomic_write_text(out / "report.html", _html(rows, meta, out, front))
@@ -335,6 +379,9 @@ def _markdown(rows, meta, front=()) -> str:
                      f"{', '.join(map(str, r['seeds']))} | {r['held']}/{len(r['seeds'])} | "
                      f"{'✅ yes' if r['holds'] else '❌ no'} | {r['seconds']:.0f} s |")
     lines += [""]
+    if meta.get("not_run"):
+        lines += [f"Not run with `--quick` (too long; run in full mode or with `--only`): "
+                  f"{', '.join(f'`{n}`' for n in meta['not_run'])}.", ""]
     for r in rows:
         lines += [f"## {r['system']} — `{r['recipe']}`", "", f"Held on {r['held']}/{len(r['seeds'])} seeds.", ""]
         lines += [f"- seed {p['seed']}: {'holds' if p['holds'] else 'does not hold'} — {p['measured']}" for p in r["per_seed"]]
@@ -372,6 +419,9 @@ def _html(rows, meta, out: Path, front=()) -> str:
                     f"<td>{r['held']}/{len(r['seeds'])}</td><td class='{'ok' if r['holds'] else 'no'}'>"
                     f"{'yes' if r['holds'] else 'no'}</td><td>{r['seconds']:.0f} s</td></tr>")
     body.append("</table>")
+    if meta.get("not_run"):
+        body.append(f"<p>Not run with <code>--quick</code> (too long; run in full mode or with <code>--only</code>): "
+                    f"{esc(', '.join(meta['not_run']))}.</p>")
     for r in rows:
         seeds = "".join(f"<li>seed {p['seed']}: {'holds' if p['holds'] else 'does not hold'} — {esc(p['measured'])}</li>"
                         for p in r["per_seed"])

@@ -20,7 +20,7 @@ from .. import metrics as M
 from ..costs import WiringCost
 from ..graph import embed
 from ..io import save_model, write_json
-from ..models import MLP
+from ..models import MLP, TokenMLP
 from ..plot import draw_network, plot_curves
 from ..relocate import relocate
 from ..train import Callback, Relocation, WiringPenalty, fit, piecewise
@@ -52,6 +52,9 @@ class BIMTConfig:
     layout: Literal["line", "grid", "bio2d"] = "line"  # bio2d: BIMT's BioMLP2D — input image grid, square hidden grids, output ring
     p: float = 2.0                    # norm of distances in 2D layouts (BioMLP2D: 1, L1)
     data_dir: str = "data/mnist"      # task mnist: IDX files (downloaded if missing and a network is there)
+    embedding: int = 32               # token tasks: learned embedding dimensions per operand (shape[0] = 2 × this)
+    modulus: int = 59                 # modular-addition: p
+    train_fraction: float = 0.8       # token tasks: share of all operand pairs used for training
     n_train: int = 100
     n_test: int = 100
     steps: int = 20000
@@ -90,6 +93,13 @@ class BIMTConfig:
             raise ValueError(f"task must be one of {sorted(D.SYMBOLIC) + sorted(CLASSIFICATION)}, got {self.task!r}")
         d_in, n_out = CLASSIFICATION[self.task] if self.task in CLASSIFICATION else (
             D.SYMBOLIC[self.task][0], D.symbolic(self.task, 0, 1, 1).y_train.shape[1])
+        if self.task in TOKENS:
+            if self.embedding < 1 or self.in_fold != 2:
+                raise ValueError(f"task {self.task!r} embeds 2 operands: embedding must be ≥ 1 and in_fold 2, got "
+                                 f"embedding={self.embedding}, in_fold={self.in_fold}")
+            if self.modulus < 2 or not 0 < self.train_fraction < 1:
+                raise ValueError("modulus must be ≥ 2 and train_fraction in (0, 1)")
+            d_in, n_out = 2 * self.embedding, self.modulus if self.task == "modular-addition" else 24
         if self.layout == "bio2d":
             for n in [d_in] + self.shape[1:-1]:
                 if math.isqrt(n) ** 2 != n:
@@ -113,7 +123,10 @@ class BIMTConfig:
 
 # classification tasks: name → (inputs, classes). two-moon trains with cross-entropy; the images with MSE on
 # one-hot targets, as BIMT's MNIST notebook.
-CLASSIFICATION = {"two-moon": (2, 2), "digits": (64, 10), "mnist": (784, 10)}
+CLASSIFICATION = {"two-moon": (2, 2), "digits": (64, 10), "mnist": (784, 10),
+                  "modular-addition": (None, None), "permutation-group": (None, None)}
+# token tasks: two operands, each a learned embedding (models.TokenMLP), cross-entropy (BIMT's notebooks 3.3)
+TOKENS = ("modular-addition", "permutation-group")
 
 
 def layouts(cfg: BIMTConfig):
@@ -132,6 +145,10 @@ def load_task(cfg: BIMTConfig) -> D.Split:
         return D.digits(cfg.seed, flat=True)
     if cfg.task == "mnist":
         return D.mnist(cfg.data_dir, cfg.seed, flat=True)
+    if cfg.task == "modular-addition":
+        return D.modular_addition(cfg.modulus, cfg.seed, cfg.train_fraction)
+    if cfg.task == "permutation-group":
+        return D.permutation_group(4, cfg.seed, cfg.train_fraction)
     return D.symbolic(cfg.task, cfg.seed, cfg.n_train, cfg.n_test)
 
 
@@ -141,7 +158,19 @@ def _onehot_mse(out, y):
 
 def task_loss(cfg: BIMTConfig):
     """Cross-entropy for two-moon, MSE on one-hot targets for the images (BIMT's), MSE for the formulas."""
+    if cfg.task in TOKENS:
+        return F.cross_entropy
     return {"two-moon": F.cross_entropy, "digits": _onehot_mse, "mnist": _onehot_mse}.get(cfg.task, F.mse_loss)
+
+
+def build_model(cfg: BIMTConfig):
+    """The MLP (or, for token tasks, the embedding + MLP) and the neuron graph of its MLP."""
+    if cfg.task in TOKENS:
+        vocab = cfg.modulus if cfg.task == "modular-addition" else 24
+        model = TokenMLP(vocab, cfg.embedding, cfg.shape, cfg.activation)
+        return model, embed(model.mlp, layouts(cfg), in_fold=cfg.in_fold)
+    model = MLP(cfg.shape, cfg.activation)
+    return model, embed(model, layouts(cfg), in_fold=cfg.in_fold)
 
 
 @kind("bimt", BIMTConfig)
@@ -150,8 +179,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
     data = load_task(cfg)
     lossf = task_loss(cfg)
     torch.manual_seed(cfg.seed)
-    model = MLP(cfg.shape, cfg.activation)
-    graph = embed(model, layouts(cfg), in_fold=cfg.in_fold)
+    model, graph = build_model(cfg)
     out = start_run(cfg, out, resume, layouts=[l.layout.to_dict() for l in graph.layers])
     l1_on, local_on, swap_on = VARIANTS[cfg.variant]
     penalize = [True] * (len(graph.weights) - 1) + [not cfg.no_penalize_last]
@@ -175,12 +203,17 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
                 row["test_accuracy"] = float((out.argmax(1) == yt).float().mean())
             return row
 
-    loss_fn = lambda step, micro: lossf(model(x), y)  # noqa: E731
+    emb_l1 = embedding_penalty(cfg, model) if l1_on else (lambda step: 0.0)
+
+    def loss_fn(step, micro):
+        return lossf(model(x), y) + lam_at(step) * emb_l1(step)
     info = fit(model, opt, loss_fn, cfg.steps, out=out, resume=resume,
                callbacks=callbacks, evaluate=evaluate, log_every=cfg.log_interval,
                checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"{cfg.recipe}[{cfg.variant}]",
                tensorboard=cfg.tensorboard)
     seconds, extra = info["seconds"], {}
+    if cfg.task in TOKENS and cfg.finetune_steps:
+        raise ValueError("prune-then-finetune is built for the MLP tasks; token tasks run the seed's procedure")
     beyond = cfg.procedure != "seed" and cfg.variant == "full"  # ablation variants keep the seed's procedure
     if cfg.finetune_steps and beyond:
         extra = prune_for_budget(graph, model, x, y, cfg.threshold, cfg.prune_budget, lossf)
@@ -196,6 +229,14 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
         extra["wiring_cost_before_sweep"] = float(reloc_cost.value().detach())
         extra["wiring_cost_after_sweep"] = final_sweep(model, graph, reloc_cost)
     return finish_bimt(cfg, out, model, graph, data, seconds, extra)
+
+
+def embedding_penalty(cfg: BIMTConfig, model):
+    """BIMT's l0·|E| term of the token embeddings (mean or sum as the wiring cost), as a function of the step."""
+    if cfg.task not in TOKENS:
+        return lambda step: 0.0
+    reduce = torch.mean if cfg.reduction == "mean" else torch.sum
+    return lambda step: cfg.l0 * reduce(model.embedding.abs())
 
 
 @torch.no_grad()
@@ -292,6 +333,8 @@ def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds
     pruned_test = lossf(model(data.x_test), data.y_test).item()
     if cfg.task in CLASSIFICATION:
         extra["test_accuracy_pruned"] = acc()
+        if cfg.task in TOKENS:
+            extra.update(embedding_analysis(cfg, model, graph, data, out, acc))
         if cfg.layout == "bio2d":
             extra["digit_sheets"] = plot_digit_sheets(graph, out / "sheets.png", data.output_names)
     q, _ = M.modularity(graph, 0.0, "louvain", seed=cfg.seed)
@@ -345,3 +388,75 @@ def plot_digit_sheets(graph, path, class_names) -> dict:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return counts
+
+
+@torch.no_grad()
+def embedding_analysis(cfg: BIMTConfig, model, graph, data: D.Split, out: Path, acc) -> dict:
+    """Which embedding dimensions the pruned network still reads, the test accuracy with every other dimension
+    zeroed (BIMT's knockout), and the picture: modular addition — each pair of active dimensions with its ring
+    score (``R = max_k |mean_a exp(i(θ_a − 2πka/p))|``: 1 when the residues sit on a circle in the order of a
+    frequency ``k``; ``embedding.png``); S4 — each active dimension across the 24 elements, parity marked."""
+    import itertools
+    import matplotlib.pyplot as plt
+    import numpy as np
+    m = cfg.embedding
+    W1 = next(w for w in graph.weights if w.src == 0).weight
+    read = (W1 != 0).any(0)
+    slot_read = read[:m] | read[m:]
+    ip = graph.input_perm().cpu()
+    E = model.embedding
+    dims = sorted(int(ip[s]) for s in range(m) if slot_read[s] and bool((E[:, int(ip[s])] != 0).any()))
+    saved = E.detach().clone()
+    keep = torch.zeros(m, dtype=torch.bool)
+    keep[dims] = True
+    E[:, ~keep] = 0.0
+    knock = acc()
+    E.copy_(saved)
+    res = {"active_embedding_dims": len(dims), "embedding_dims_active": dims, "test_accuracy_active_dims_only": knock}
+    Z = saved.double().cpu().numpy()
+    if cfg.task == "modular-addition":
+        p = Z.shape[0]
+        ks = np.arange(1, p)
+        phase = np.exp(-2j * np.pi * np.outer(ks, np.arange(p)) / p)     # (k, residue)
+        rings = []
+        for i, j in itertools.combinations(dims, 2):
+            z = Z[:, i] + 1j * Z[:, j]
+            z = z - z.mean()
+            if np.abs(z).max() == 0:
+                continue
+            R = np.abs((phase * np.exp(1j * np.angle(z))[None]).mean(1))
+            r = np.abs(z)
+            rings.append({"dims": [i, j], "ring_score": float(R.max()), "frequency": int(ks[R.argmax()]),
+                          "radius_cv": float(r.std() / r.mean())})
+        rings.sort(key=lambda d: -d["ring_score"])
+        res["ring_score"] = rings[0]["ring_score"] if rings else 0.0
+        res["rings"] = rings[:6]
+        show = rings[:3]
+        fig, axes = plt.subplots(1, max(1, len(show)), figsize=(3.6 * max(1, len(show)), 3.6), squeeze=False)
+        for ax, rg in zip(axes[0], show):
+            i, j = rg["dims"]
+            ax.scatter(Z[:, i], Z[:, j], c=np.arange(p), cmap="twilight", s=25)
+            for a in range(p):
+                ax.annotate(str(a), (Z[a, i], Z[a, j]), fontsize=6)
+            ax.set_xlabel(f"embedding dim {i}"); ax.set_ylabel(f"embedding dim {j}")
+            ax.set_title(f"ring score {rg['ring_score']:.2f} (frequency {rg['frequency']})", fontsize=9)
+            ax.set_aspect("equal")
+        if not show:
+            axes[0][0].text(0.5, 0.5, "fewer than two active dimensions", ha="center"); axes[0][0].axis("off")
+        fig.suptitle(f"modular addition p={p}: embedding of the residues in pairs of the {len(dims)} active "
+                     "dimensions (colour: residue)", fontsize=9)
+    else:
+        names = data.output_names
+        fig, axes = plt.subplots(max(1, len(dims)), 1, figsize=(8, 0.9 * max(1, len(dims)) + 1.2), squeeze=False,
+                                 sharex=True)
+        for ax, d in zip(axes[:, 0], dims):
+            v = Z[:, d] / max(np.abs(Z[:, d]).max(), 1e-12)
+            ax.scatter(np.arange(len(v)), v, c=["tab:blue" if n.endswith("+") else "tab:red" for n in names], s=18)
+            ax.set_ylim(-1.3, 1.3); ax.set_ylabel(f"dim {d}", fontsize=7); ax.grid(alpha=0.3)
+        axes[-1, 0].set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        fig.suptitle(f"S4: the {len(dims)} active embedding dimensions across the 24 elements "
+                     "(blue even, red odd permutations)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "embedding.png", dpi=120)
+    plt.close(fig)
+    return res
