@@ -41,10 +41,10 @@ def test_token_model_relocation_keeps_its_function():
 
 
 def test_modular_addition_reads_few_embedding_dimensions(tmp_path):
-    over = {"modulus": 23, "shape": [64, 50, 50, 23], "steps": 4000, "log_interval": 1000}
+    over = {"modulus": 23, "shape": [64, 50, 50, 23], "steps": 8000, "log_interval": 1000}
     m = run_recipe("modular-addition", tmp_path, over, progress=False)
-    assert m["test_accuracy"] >= 0.95 and m["test_accuracy_pruned"] >= 0.9
-    assert m["active_embedding_dims"] <= 24
+    assert m["test_accuracy"] >= 0.95 and m["test_accuracy_pruned"] >= 0.95   # 1.0 here
+    assert m["active_embedding_dims"] <= 16                                    # 10 here
     # independent recomputation from the saved model: thresholded first-layer columns, mapped through in_perm
     cfg = BIMTConfig(task="modular-addition", modulus=23, embedding=32, in_fold=2, shape=[64, 50, 50, 23])
     model, graph = build_model(cfg)

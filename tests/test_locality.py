@@ -101,3 +101,19 @@ def test_real_mnist_test_set_loads_and_splits():
     assert d.x_train.shape == (8000, 1, 28, 28) and d.x_test.shape == (2000, 1, 28, 28)
     assert 0.0 <= d.x_train.min() and d.x_train.max() == 1.0
     assert sorted(set(d.y_test.tolist())) == list(range(10))
+
+
+def test_prior_strength_spans_the_seed_decays_and_zero_is_the_control():
+    g = L.grid(4)
+    d = torch.cdist(g.unit_coords, g.unit_coords)
+    assert torch.equal(prior_matrix(g, g, strength=0.0), torch.ones(16, 16, dtype=torch.float64))
+    assert torch.allclose(prior_matrix(g, g, strength=0.5), prior_matrix(g, g, "inverse-sqrt"))
+    assert torch.allclose(prior_matrix(g, g, strength=2.0), 1 / (1 + d) ** 2)
+    with pytest.raises(ValueError, match="strength"):
+        prior_matrix(g, g, strength=-1.0)
+    torch.manual_seed(0)
+    a = LeNet(8, side=4, strength=0.0)
+    torch.manual_seed(0)
+    b = LeNet(8, side=4, prior=False)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(a(x), b(x))   # strength 0: the same network as the control arm

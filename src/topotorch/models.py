@@ -68,11 +68,12 @@ class LeNet(nn.Module):
     Args:
         image_size: input height = width (8 for digits, 28 for MNIST); must be divisible by 4.
         side: the LP sheet is ``side × side`` (seed: 7).
-        decay, radius, normalize: the prior (see :func:`topotorch.costs.prior_matrix`).
+        decay, radius, normalize, strength: the prior (see :func:`topotorch.costs.prior_matrix`).
     """
 
     def __init__(self, image_size: int = 8, in_channels: int = 1, channels=(16, 32), side: int = 7,
-                 classes: int = 10, decay="inverse", radius=None, normalize: bool = False, prior: bool = True):
+                 classes: int = 10, decay="inverse", radius=None, normalize: bool = False, prior: bool = True,
+                 strength: float = 1.0):
         super().__init__()
         from . import layout as L
         from .costs import LocalityLinear
@@ -87,7 +88,7 @@ class LeNet(nn.Module):
         sheet = L.square(n, spacing=1.0)
         self.fc = nn.Linear(c2 * (image_size // 4) ** 2, n)
         self.act1 = nn.ReLU()
-        self.lp = LocalityLinear(sheet, sheet, decay, radius, normalize=normalize, prior=prior)
+        self.lp = LocalityLinear(sheet, sheet, decay, radius, normalize=normalize, prior=prior, strength=strength)
         self.bn = nn.BatchNorm1d(n)
         self.act2 = nn.ReLU()  # its output is the LP activation map that the variance metric reads
         self.head = nn.Linear(n, classes)

@@ -18,12 +18,16 @@ DECAYS = {
 
 
 def prior_matrix(out_layout, in_layout, decay="inverse", radius: float | None = None, p: float = 2.0,
-                 normalize: bool = False) -> torch.Tensor:
-    """Locality prior ``P (n_out, n_in)``, ``P_ij = decay(d_ij)`` from output unit i to input unit j.
+                 normalize: bool = False, strength: float = 1.0) -> torch.Tensor:
+    """Locality prior ``P (n_out, n_in)``, ``P_ij = decay(d_ij) ** strength`` from output unit i to input unit j.
 
     ``decay`` is a name in :data:`DECAYS` or any callable ``d -> P`` on a float64 distance tensor;
-    ``linear`` needs ``radius``. ``normalize`` rescales each row so a unit's incoming prior averages 1.
+    ``linear`` needs ``radius``. ``strength`` sharpens or flattens the prior: 0 gives ``P = 1`` (no prior,
+    the control), and for ``inverse`` 0.5 / 1 / 2 are the seed's ``inverse-sqrt`` / ``inverse`` /
+    ``inverse-square``. ``normalize`` rescales each row so a unit's incoming prior averages 1.
     """
+    if not strength >= 0:
+        raise ValueError(f"the prior's strength must be ≥ 0, got {strength}")
     d = distance(out_layout, in_layout, p=p)
     if callable(decay):
         P = torch.as_tensor(decay(d), dtype=torch.float64)
@@ -35,6 +39,7 @@ def prior_matrix(out_layout, in_layout, decay="inverse", radius: float | None = 
         raise ValueError(f"unknown decay {decay!r}; choose from {sorted(DECAYS)} or pass a callable")
     if P.shape != d.shape or not torch.isfinite(P).all() or (P < 0).any():
         raise ValueError("a prior must be finite, non-negative and shaped like the distance matrix")
+    P = P ** strength
     if normalize:
         mean = P.mean(1, keepdim=True)
         if (mean <= 0).any():
@@ -55,7 +60,7 @@ class LocalityPrior(nn.Module):
 
 
 def apply_locality_prior(linear: nn.Linear, in_layout, out_layout, decay="inverse", radius=None, p: float = 2.0,
-                         normalize: bool = False) -> nn.Linear:
+                         normalize: bool = False, strength: float = 1.0) -> nn.Linear:
     """Attach a locality prior to an existing ``nn.Linear``: its effective weight becomes ``W ⊙ P``.
 
     The layer computes ``y = (W ⊙ P) x + b``. (The seed's README writes ``A = P .* (Wx + b)``, which is not
@@ -67,7 +72,7 @@ def apply_locality_prior(linear: nn.Linear, in_layout, out_layout, decay="invers
     if in_layout.n != linear.in_features or out_layout.n != linear.out_features:
         raise ValueError(f"layouts ({out_layout.n} out, {in_layout.n} in) do not match the layer "
                          f"({linear.out_features} out, {linear.in_features} in)")
-    P = prior_matrix(out_layout, in_layout, decay, radius, p, normalize)
+    P = prior_matrix(out_layout, in_layout, decay, radius, p, normalize, strength)
     W = linear.weight
     parametrize.register_parametrization(linear, "weight", LocalityPrior(P.to(W.device, W.dtype)))
     return linear
@@ -80,14 +85,14 @@ class LocalityLinear(nn.Linear):
     """
 
     def __init__(self, in_layout, out_layout, decay="inverse", radius=None, p: float = 2.0,
-                 normalize: bool = False, bias: bool = True, prior: bool = True):
+                 normalize: bool = False, bias: bool = True, prior: bool = True, strength: float = 1.0):
         super().__init__(in_layout.n, out_layout.n, bias=bias)
         # Positions live on the module (saved with its state_dict); the Layouts are views of them.
         self.register_buffer("in_positions", in_layout.unit_coords.float())
         self.register_buffer("topo_positions", out_layout.unit_coords.float())
         self._kinds = (in_layout.kind, out_layout.kind)
         if prior:
-            apply_locality_prior(self, in_layout, out_layout, decay, radius, p, normalize)
+            apply_locality_prior(self, in_layout, out_layout, decay, radius, p, normalize, strength)
         else:
             parametrize.register_parametrization(
                 self, "weight", LocalityPrior(torch.ones(out_layout.n, in_layout.n, dtype=self.weight.dtype)))

@@ -16,7 +16,6 @@ the weights equally hard; only the wiring arm's pressure depends on distance.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,18 +207,15 @@ def analyse_arm(model, graph, cost, tokens, cfg) -> dict:
 
 
 def draw_block(ax, model, graph, thr: float, block: int = 0, title: str = "", max_edges: int = 1500):
-    """One block's surviving circuit, bottom to top: stream → q/k/v units (coloured by head) → stream →
-    MLP hidden units → stream; line width ∝ |w| / the block's largest kept weight; at most ``max_edges``
-    (the strongest) drawn."""
+    """One block's surviving circuit at the positions the wiring cost uses, bottom to top: stream → q, k, v
+    units (three rows close together, coloured by head) → stream → MLP hidden units → stream; line width ∝
+    |w| / the block's largest kept weight; at most ``max_edges`` (the strongest) drawn."""
     b = model.blocks[block]
     n = model.config.n_embd
     hd = n // model.config.n_head
-    xs = graph.layers[0].layout.coords[:, 0].numpy()
-    xh = np.linspace(0.5 / (4 * n), 1 - 0.5 / (4 * n), 4 * n)
-    xq = np.linspace(0.5 / (3 * n), 1 - 0.5 / (3 * n), 3 * n)   # q, k, v side by side, head by head
-    order = np.array([p * n + h * hd + j for h in range(model.config.n_head) for p in range(3) for j in range(hd)])
-    qpos = np.empty(3 * n)
-    qpos[order] = xq
+    pos = {l.name: l.layout.coords[:, 0].numpy() for l in graph.layers}
+    xs, xh = pos["stream"], pos[f"block{block}.hidden"]
+    yq = {"q": 0.8, "k": 1.0, "v": 1.2}
     segs, ws = [], []
 
     def add(W, x_src, y_src, x_dst, y_dst):
@@ -228,9 +224,9 @@ def draw_block(ax, model, graph, thr: float, block: int = 0, title: str = "", ma
         segs.append(np.stack([np.stack([x_dst[d], np.full(len(d), y_dst)], 1),
                               np.stack([x_src[s], np.full(len(s), y_src)], 1)], 1))
         ws.append(W[d, s])
-    for p, lin in enumerate((b.attn.q, b.attn.k, b.attn.v)):
-        add(lin.weight, xs, 0, qpos[p * n:(p + 1) * n], 1)
-    add(b.attn.c_proj.weight, qpos[2 * n:], 1, xs, 2)
+    for part in ("q", "k", "v"):
+        add(getattr(b.attn, part).weight, xs, 0, pos[f"block{block}.{part}"], yq[part])
+    add(b.attn.c_proj.weight, pos[f"block{block}.v"], yq["v"], xs, 2)
     add(b.mlp.c_fc.weight, xs, 2, xh, 3)
     add(b.mlp.c_proj.weight, xh, 3, xs, 4)
     S, Wv = np.concatenate(segs), np.concatenate(ws)
@@ -240,15 +236,17 @@ def draw_block(ax, model, graph, thr: float, block: int = 0, title: str = "", ma
         S, Wv = S[keep], Wv[keep]
     if len(Wv):
         ax.add_collection(LineCollection(S, linewidths=1.2 * Wv / Wv.max(), colors="tab:blue", alpha=0.7))
-    head_of = (np.arange(3 * n) % n) // hd
-    for y, xx, c in ((0, xs, "black"), (2, xs, "black"), (4, xs, "black")):
-        ax.scatter(xx, np.full(len(xx), y), s=6, c=c, zorder=3)
-    ax.scatter(qpos, np.ones(3 * n), s=6, c=head_of, cmap="tab10", vmin=0, vmax=9, zorder=3)
-    ax.scatter(xh, np.full(4 * n, 3), s=3, c="gray", zorder=3)
-    ax.set_yticks([0, 1, 2, 3, 4], ["stream", "q k v\n(by head)", "stream", "MLP", "stream"], fontsize=7)
+    for y in (0, 2, 4):
+        ax.scatter(xs, np.full(len(xs), y), s=6, c="black", zorder=3)
+    for part, y in yq.items():
+        ax.scatter(pos[f"block{block}.{part}"], np.full(n, y), s=5, c=np.arange(n) // hd, cmap="tab10", vmin=0,
+                   vmax=9, zorder=3)
+    ax.scatter(xh, np.full(len(xh), 3), s=3, c="gray", zorder=3)
+    ax.set_yticks([0, 0.8, 1.0, 1.2, 2, 3, 4], ["stream", "q", "k", "v (colour: head)", "stream", "MLP", "stream"],
+                  fontsize=7)
     ax.set_xticks([])
     ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.3, 4.3)
-    ax.set_title(f"{title}\n{min(total, max_edges)} of {total} kept connections drawn", fontsize=8)
+    ax.set_title(f"{title}\n{min(total, max_edges)} of {total} kept connections drawn (the strongest)", fontsize=8)
 
 
 @kind("gpt-bimt", GPTBIMTConfig)
@@ -256,7 +254,7 @@ def run_gpt_bimt(cfg: GPTBIMTConfig, out, resume: bool = False, progress: bool =
     cfg = cfg.resolved()
     out = start_run(cfg, out, resume)
     tokens = load_tokens(cfg)
-    arms, seconds = {}, {}
+    arms = {}
     fig, axes = plt.subplots(1, len(cfg.arms), figsize=(4.2 * len(cfg.arms), 3.6), squeeze=False)
     for ax, arm in zip(axes[0], cfg.arms):
         model, graph, cost, sec = train_arm(cfg, arm, tokens, out / arm, resume, progress)

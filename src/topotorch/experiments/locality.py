@@ -34,6 +34,7 @@ class LocalityConfig:
     decay: str = "inverse"          # inverse | inverse-sqrt | inverse-square | linear
     radius: float | None = None     # for the linear decay, in cells
     normalize: bool = False
+    strength: float = 1.0           # P = decay(d) ** strength: 0 = no prior (the control), the sweep's knob
     optimizer: Literal["rmsprop", "adam", "adamw", "sgd"] = "sgd"
     lr: float = 0.02
     momentum: float = 0.9
@@ -50,6 +51,8 @@ class LocalityConfig:
             raise ValueError("batch_size, side, checkpoint_interval and threads must be ≥ 1")
         if len(self.channels) != 2:
             raise ValueError(f"channels needs two entries (conv1, conv2), got {self.channels}")
+        if not self.strength >= 0:
+            raise ValueError(f"strength must be ≥ 0, got {self.strength}")
         if self.decay == "linear" and not self.radius:
             raise ValueError("decay 'linear' needs --set radius=R (cells)")
 
@@ -75,7 +78,7 @@ def run_locality(cfg: LocalityConfig, out, resume: bool = False, progress: bool 
     for arm in ("local", "control"):
         torch.manual_seed(cfg.seed)  # identical initial weights in both arms
         model = LeNet(size, data.x_train.shape[1], tuple(cfg.channels), cfg.side, len(data.output_names),
-                      cfg.decay, cfg.radius, cfg.normalize, prior=arm == "local")
+                      cfg.decay, cfg.radius, cfg.normalize, prior=arm == "local", strength=cfg.strength)
         opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
 
         def loss_fn(step, micro, model=model):
@@ -98,15 +101,17 @@ def run_locality(cfg: LocalityConfig, out, resume: bool = False, progress: bool 
     per_class = {arm: [float(spatial_variance(maps[arm][data.y_test == c].mean(0), coords)) for c in classes]
                  for arm in arms}
     tc, pc = stats.ttest_rel(per_class["local"], per_class["control"])
+    if cfg.strength == 0:  # the LP arm is the control: no difference to test (null, not NaN, in the JSON)
+        t = p = tc = pc = None
     metrics = {
         "recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "seconds": round(seconds, 2),
         "data": cfg.data, "decay": cfg.decay,
         "accuracy_local": accuracy(arms["local"], data.x_test, data.y_test),
         "accuracy_control": accuracy(arms["control"], data.x_test, data.y_test),
         "variance_local": float(v["local"][ok].mean()), "variance_control": float(v["control"][ok].mean()),
-        "t_statistic": float(t), "p_value": float(p), "n_pairs": int(ok.sum()),
+        "t_statistic": _num(t), "p_value": _num(p), "n_pairs": int(ok.sum()),
         "variance_per_class_local": per_class["local"], "variance_per_class_control": per_class["control"],
-        "t_statistic_per_class": float(tc), "p_value_per_class": float(pc),
+        "t_statistic_per_class": _num(tc), "p_value_per_class": _num(pc),
     }
     _plot_maps(maps, data.y_test, cfg.side, out / "maps.png", metrics)
     _plot_variance(v, ok, hist, out / "variance.png", metrics)
@@ -125,8 +130,9 @@ def _plot_maps(maps, y, side, path, m):
             if r == 0:
                 ax.set_title(f"class {c}", fontsize=8)
         axes[r, 0].set_ylabel(f"{arm}\nV={m[f'variance_{arm}']:.2f}", fontsize=8)
-    fig.suptitle(f"class-mean LP activation maps ({side}×{side} cells); paired t = {m['t_statistic']:.2f}, "
-                 f"p = {m['p_value']:.1e}", fontsize=9)
+    test = (f"paired t = {m['t_statistic']:.2f}, p = {m['p_value']:.1e}" if m["t_statistic"] is not None
+            else "strength 0: the LP arm is the control")
+    fig.suptitle(f"class-mean LP activation maps ({side}×{side} cells); {test}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -145,3 +151,7 @@ def _plot_variance(v, ok, hist, path, m):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _num(x):
+    return None if x is None else float(x)
