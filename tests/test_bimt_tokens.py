@@ -108,3 +108,42 @@ def test_gpt_bimt_reports_three_arms_side_by_side(tmp_path):
     assert c["mlp_unit_spread"] == pytest.approx(np.sqrt(1 / 12), abs=0.03)
     assert b["mlp_unit_spread"] < l1["mlp_unit_spread"]
     assert (tmp_path / "circuit.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_in_context_transformer_relocation_keeps_outputs(layernorm):
+    from topotorch.experiments.incontext import RegressionTransformer, incontext_graph
+    torch.manual_seed(0)
+    m = RegressionTransformer(GPTConfig(block_size=3, vocab_size=1, n_layer=2, n_head=2, n_embd=8, bias=True),
+                              2, 2, layernorm).double()
+    g = incontext_graph(m)
+    x = D.in_context_regression(0, 20).x_test.double()
+    before = m(x)
+    g.verify(x, model=m)                      # every movable layer moves without changing the output
+    assert [l.name for i, l in enumerate(g.layers) if g.is_movable(i)] == ["stream", "block0.hidden", "block1.hidden"]
+    assert tt.relocate(g, tt.WiringCost(g, A=2.0, l0=0.5, reduction="mean"), top_k=8, method="assignment") > 0
+    assert torch.allclose(m(x), before, atol=1e-10)
+
+
+def test_in_context_learns_in_context_and_reports_survivors(tmp_path):
+    m = run_recipe("in-context", tmp_path, {"quick": True}, progress=False)
+    base = m["baseline_mse_no_context"]
+    assert base == pytest.approx(4 / 3 * 13 / 12, rel=0.1)      # E[w²]·E[x²] = 1/3 · 13/3
+    for arm in ("bimt", "control"):
+        assert m["arms"][arm]["test_mse_last"] < base / 50        # it uses the pair in its context
+    b = m["arms"]["bimt"]
+    assert b["params_kept"] < m["arms"]["control"]["params_kept"]
+    # survivors recomputed from the saved weights
+    from topotorch.experiments.incontext import RegressionTransformer
+    model = RegressionTransformer(GPTConfig(block_size=4, vocab_size=1, n_layer=2, n_head=1, n_embd=32, bias=True),
+                                  2, 2)
+    load_model(model, tmp_path / "bimt" / "model.safetensors")
+    thr = 0.01
+    alive = (model.l_in.weight.abs() > thr).any(1) | (model.l_out.weight.abs() > thr).any(0)
+    for b_ in model.blocks:
+        for lin in (b_.attn.q, b_.attn.k, b_.attn.v, b_.mlp.c_fc):
+            alive |= (lin.weight.abs() > thr).any(0)
+        for lin in (b_.attn.c_proj, b_.mlp.c_proj):
+            alive |= (lin.weight.abs() > thr).any(1)
+    assert int(alive.sum()) == b["stream_units_alive"]
+    assert (tmp_path / "circuit.png").stat().st_size > 0

@@ -113,6 +113,29 @@ def permutation_group(n: int = 4, seed: int = 0, train_fraction: float = 0.8) ->
     return _pair_split(table, [name(q) for q in perms], seed, train_fraction)
 
 
+def in_context_regression(seed: int = 0, n_tasks: int = 10000, d: int = 1, pairs: int = 2,
+                          train_fraction: float = 0.8) -> Split:
+    """BIMT's in-context linear regression (notebook 3.4): per task a weight ``w ~ U[-1, 1]^d`` and ``pairs``
+    points ``x ~ U[1, 3]^d`` with ``y = w·x``. A sequence interleaves ``(0, x_1), (y_1, 0), (0, x_2), …``
+    (tokens of ``d + 1`` numbers, y first); ``x (N, 2·pairs − 1, d + 1)`` are its first tokens and ``y`` the
+    next tokens, so ``y[:, ::2, 0]`` are the ``y_k`` to predict — the last one in context, from the earlier
+    pairs. Float32; tasks split at random."""
+    if not 0 < train_fraction < 1 or n_tasks < 2 or d < 1 or pairs < 1:
+        raise ValueError("need n_tasks ≥ 2, d ≥ 1, pairs ≥ 1 and train_fraction in (0, 1)")
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(n_tasks, d, generator=g) * 2 - 1
+    x = torch.rand(n_tasks, pairs, d, generator=g) * 2 + 1
+    y = torch.einsum("nd,ntd->nt", w, x)
+    seq = torch.zeros(n_tasks, 2 * pairs, d + 1)
+    seq[:, 0::2, 1:] = x
+    seq[:, 1::2, 0] = y
+    perm = torch.randperm(n_tasks, generator=g)
+    tr, te = perm[:int(n_tasks * train_fraction)], perm[int(n_tasks * train_fraction):]
+    inp, nxt = seq[:, :-1], seq[:, 1:]
+    return Split(inp[tr], nxt[tr], inp[te], nxt[te], ["y", *[f"x{i + 1}" for i in range(d)]],
+                 ["y", *[f"x{i + 1}" for i in range(d)]])
+
+
 # ---- classification datasets -------------------------------------------------------------------
 
 def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from torch import nn
 from . import layout as L
 from .graph import NeuronGraph, Port
 
-__all__ = ["GPTConfig", "GPT", "gpt_graph", "sequence_logprob"]
+__all__ = ["GPTConfig", "GPT", "Block", "gpt_graph", "add_blocks", "sequence_logprob"]
 
 
 @dataclass
@@ -138,18 +138,27 @@ def gpt_graph(model: GPT, stream=None, hidden=None) -> NeuronGraph:
         stream: layout of the ``n_embd`` stream units (default a line).
         hidden: layout of each block's ``4·n_embd`` hidden units (default: a line or a grid, as the stream).
     """
-    c = model.config
-    n = c.n_embd
     g = NeuronGraph()
     g.model = model
-    stream = stream or L.line(n)
-    same_kind = (lambda k: L.square_grid(k)) if stream.dim == 2 else L.line  # layouts must share a dimension
+    stream = stream or L.line(model.config.n_embd)
     s = g.add_layer("stream", stream, [Port(model.wte, "weight", 1), Port(model.wpe, "weight", 1)])
-    for ln in [m for b in model.blocks for m in (b.ln_1, b.ln_2)] + [model.ln_f]:
+    add_blocks(g, s, model.blocks, [model.ln_f], hidden)
+    return g
+
+
+def add_blocks(g: NeuronGraph, s: int, blocks, norms=(), hidden=None) -> None:
+    """Declare transformer :class:`Block` s on the residual stream layer ``s`` of ``g``: every block's
+    LayerNorms (and the extra ``norms``) as stream ports, its q, k, v units (fixed), its MLP hidden layer,
+    and the projections between them. Shared by :func:`gpt_graph` and models that feed the stream their own
+    way (e.g. a linear read-in)."""
+    stream = g.layers[s].layout
+    n = stream.n
+    same_kind = (lambda k: L.square_grid(k)) if stream.dim == 2 else L.line  # layouts must share a dimension
+    for ln in [m for b in blocks for m in (b.ln_1, b.ln_2)] + list(norms):
         for nm in ("weight", "bias"):
             if getattr(ln, nm, None) is not None:
                 g.add_port(s, Port(ln, nm, 0))
-    for i, b in enumerate(model.blocks):
+    for i, b in enumerate(blocks):
         qkv = {}
         for part in ("q", "k", "v"):
             qkv[part] = g.add_layer(f"block{i}.{part}", same_kind(n))
@@ -159,7 +168,6 @@ def gpt_graph(model: GPT, stream=None, hidden=None) -> NeuronGraph:
         h = g.add_layer(f"block{i}.hidden", hidden or same_kind(4 * n))
         g.connect(b.mlp.c_fc, s, h, name=f"block{i}.mlp.c_fc")
         g.connect(b.mlp.c_proj, h, s, name=f"block{i}.mlp.c_proj")
-    return g
 
 
 @torch.no_grad()

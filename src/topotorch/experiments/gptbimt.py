@@ -11,7 +11,8 @@ side), ``circuit.png`` (one block's surviving circuit per arm: stream → heads 
 ``curves.png``.
 
 The L1 arm's λ is scaled so that its penalty at initialisation equals the wiring arm's: both arms press on
-the weights equally hard; only the wiring arm's pressure depends on distance.
+the weights equally hard; only the wiring arm's pressure depends on distance (``lam_l1`` sets it directly, e.g. to
+match the wiring arm's validation loss).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class GPTBIMTConfig:
     grad_clip: float = 1.0
     lam: float = 3e-4                # λ of the wiring cost (sum over weights)
     lam_schedule: list[list[float]] = field(default_factory=lambda: [[0.25, 3.0]])  # BIMT-style: stronger later
+    lam_l1: float | None = None      # the L1 arm's λ (None: its penalty equals the wiring arm's at initialisation)
     A: float = 1.0
     l0: float = 0.1
     swap_interval: int = 100
@@ -83,6 +85,8 @@ class GPTBIMTConfig:
                   "threads", "swap_interval", "top_k"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be ≥ 1, got {getattr(self, k)}")
+        if self.lam_l1 is not None and self.lam_l1 < 0:
+            raise ValueError(f"lam_l1 must be ≥ 0, got {self.lam_l1}")
         if self.lam < 0 or self.A < 0 or self.l0 <= 0 or self.threshold < 0 or not 0 < self.budget < 1:
             raise ValueError("lam, A, threshold must be ≥ 0, l0 > 0 and budget in (0, 1)")
         if self.relocate_method not in ("greedy", "assignment"):
@@ -114,7 +118,7 @@ def train_arm(cfg: GPTBIMTConfig, arm: str, tokens: D.TokenData, out: Path, resu
             # same pressure at initialisation, none of it dependent on distance
             pen = WiringCost(graph, A=0.0, l0=cfg.l0, bias=False)
             with torch.no_grad():
-                lam = cfg.lam * float(cost.value()) / float(pen.value())
+                lam = cfg.lam * float(cost.value()) / float(pen.value()) if cfg.lam_l1 is None else cfg.lam_l1
         callbacks.append(WiringPenalty(pen, piecewise(lam, cfg.lam_schedule, cfg.steps)))
         if arm == "bimt":
             callbacks.append(Relocation(graph, cost, opt, cfg.swap_interval, cfg.top_k, cfg.relocate_method))

@@ -1,0 +1,254 @@
+"""BIMT's in-context linear regression (notebook 3.4): a small transformer reads ``(0, x_1), (y_1, 0), (0, x_2)``
+and predicts ``y_2 = w·x_2`` from the pair in its context, trained with the wiring cost over every projection.
+
+``topotorch run in-context`` trains the wiring arm and a control (no cost) from the same initial weights on the
+same batches and writes ``metrics.json`` (test MSE of the in-context prediction before and after pruning at
+``threshold``; which residual-stream units, heads and MLP units keep a connection; Newman's Q; wiring length),
+``circuit.png`` (each block's surviving circuit, per arm), ``predictions.png`` and ``curves.png``.
+
+As the notebook: linear read-in and read-out, no token or position embedding, one head of 32 units, GELU,
+biases, no LayerNorm in the blocks (``layernorm: true`` adds pre-LN), per-layer mean costs with A = 2 and l0 = 0.5,
+λ 1e-3 ×10 at ¼ and ×10 at ¾, no swaps (``swap_interval: 0``; any positive value relocates the residual stream
+and MLP units).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import nn
+
+from .. import data as D
+from .. import layout as L
+from .. import metrics as M
+from ..costs import WiringCost
+from ..gpt import Block, GPTConfig, add_blocks
+from ..graph import NeuronGraph
+from ..io import save_model, write_json
+from ..train import Relocation, WiringPenalty, fit, piecewise
+from . import kind
+from .common import start_run
+from .gptbimt import draw_block
+
+__all__ = ["InContextConfig", "RegressionTransformer", "incontext_graph", "run_in_context"]
+
+
+class RegressionTransformer(nn.Module):
+    """Tokens of ``d_in`` numbers → linear read-in → causal transformer blocks → linear read-out.
+
+    ``forward(x (B, T, d_in)) → (B, T, d_out)``. ``config`` is a :class:`GPTConfig` (its ``vocab_size`` and
+    ``block_size`` are unused: there is no embedding table)."""
+
+    def __init__(self, config: GPTConfig, d_in: int, d_out: int, layernorm: bool = False):
+        super().__init__()
+        self.config = config
+        self.l_in = nn.Linear(d_in, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        if not layernorm:  # notebook 3.4 defines LayerNorms but never applies them
+            for b in self.blocks:
+                b.ln_1, b.ln_2 = nn.Identity(), nn.Identity()
+        self.l_out = nn.Linear(config.n_embd, d_out)
+
+    def forward(self, x):
+        h = self.l_in(x)
+        for b in self.blocks:
+            h = b(h)
+        return self.l_out(h)
+
+
+def incontext_graph(model: RegressionTransformer) -> NeuronGraph:
+    """Input tokens (fixed) → residual stream (shared by the blocks) → outputs (fixed), on lines."""
+    g = NeuronGraph()
+    g.model = model
+    i = g.add_layer("input", L.line(model.l_in.in_features), movable=False)
+    s = g.add_layer("stream", L.line(model.config.n_embd))
+    g.connect(model.l_in, i, s, name="l_in")
+    add_blocks(g, s, model.blocks)
+    o = g.add_layer("output", L.line(model.l_out.out_features), movable=False)
+    g.connect(model.l_out, s, o, name="l_out")
+    return g
+
+
+@dataclass
+class InContextConfig:
+    recipe: str = "in-context"
+    seed: int = 0
+    d: int = 1
+    pairs: int = 2
+    n_tasks: int = 10000
+    train_fraction: float = 0.8
+    n_embd: int = 32
+    n_head: int = 1
+    n_layer: int = 2
+    layernorm: bool = False
+    steps: int | None = 40000
+    batch_size: int = 64
+    lr: float = 1e-3
+    lam: float = 1e-3
+    lam_schedule: list[list[float]] = field(default_factory=lambda: [[0.25, 10.0], [0.75, 10.0]])
+    A: float = 2.0
+    l0: float = 0.5
+    reduction: str = "mean"
+    swap_interval: int = 0           # 0: no relocation (the notebook's); n > 0: every n steps
+    top_k: int = 20
+    threshold: float = 1e-2
+    arms: list[str] = field(default_factory=lambda: ["bimt", "control"])
+    eval_interval: int = 1000
+    checkpoint_interval: int = 5000
+    threads: int = 1
+    quick: bool = False              # a < 1 minute variant for tests
+
+    def validate(self):
+        if not self.arms or any(a not in ("bimt", "control") for a in self.arms):
+            raise ValueError(f"arms must be a non-empty subset of ['bimt', 'control'], got {self.arms}")
+        if self.steps is None:
+            self.steps = 40000
+        for k in ("d", "pairs", "n_embd", "n_head", "n_layer", "steps", "batch_size", "eval_interval",
+                  "checkpoint_interval", "threads", "top_k"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be ≥ 1, got {getattr(self, k)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.swap_interval < 0 or self.lam < 0 or self.threshold < 0 or self.reduction not in ("sum", "mean"):
+            raise ValueError("swap_interval, lam and threshold must be ≥ 0 and reduction 'sum' or 'mean'")
+
+    def resolved(self) -> "InContextConfig":
+        if not self.quick:
+            return self
+        return dataclasses.replace(self, steps=min(self.steps, 3000), eval_interval=500, quick=False)
+
+
+def _mse_last(model, x, y) -> float:
+    with torch.no_grad():
+        return float(((model(x)[:, -1, 0] - y[:, -1, 0]) ** 2).mean())
+
+
+@torch.no_grad()
+def survivors(model, graph, thr: float) -> dict:
+    """Units that keep at least one connection with ``|w| > thr``: residual-stream units, per block its
+    heads (any q/k/v row or c_proj column of the head) and MLP hidden units."""
+    conn = M.connectivity(graph, thr)
+    stream = graph.layers.index(next(l for l in graph.layers if l.name == "stream"))
+    alive = torch.zeros(graph.layers[stream].n, dtype=torch.bool)
+    for w, C in zip(graph.weights, conn):
+        if w.dst == stream:
+            alive |= C.any(1)
+        if w.src == stream:
+            alive |= C.any(0)
+    H, hd = model.config.n_head, model.config.n_embd // model.config.n_head
+    heads, mlp = [], []
+    for b in model.blocks:
+        rows = sum((getattr(b.attn, p).weight.abs() > thr).any(1).float() for p in ("q", "k", "v"))
+        cols = (b.attn.c_proj.weight.abs() > thr).any(0).float()
+        heads.append([int(((rows + cols).reshape(H, hd) > 0).any(1)[h]) for h in range(H)])
+        mlp.append(int(((b.mlp.c_fc.weight.abs() > thr).any(1) | (b.mlp.c_proj.weight.abs() > thr).any(0)).sum()))
+    return {"stream_units_alive": int(alive.sum()), "stream_units": len(alive),
+            "stream_alive_slots": torch.nonzero(alive).flatten().tolist(), "heads_alive": heads,
+            "mlp_units_alive": mlp}
+
+
+@kind("in-context", InContextConfig)
+def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bool = True) -> dict:
+    cfg = cfg.resolved()
+    out = start_run(cfg, out, resume)
+    data = D.in_context_regression(cfg.seed, cfg.n_tasks, cfg.d, cfg.pairs, cfg.train_fraction)
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    # the context-free baseline: predicting y_last without its context (w is symmetric about 0: predict 0)
+    baseline = float((yt[:, -1, 0] ** 2).mean())
+    gcfg = GPTConfig(block_size=2 * cfg.pairs, vocab_size=1, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                     n_embd=cfg.n_embd, bias=True)
+    arms, models = {}, {}
+    for arm in cfg.arms:
+        torch.manual_seed(cfg.seed)
+        model = RegressionTransformer(gcfg, cfg.d + 1, cfg.d + 1, cfg.layernorm)
+        for b in model.blocks:       # GELU as the notebook's tanh approximation
+            b.mlp.gelu = nn.GELU(approximate="tanh")
+        graph = incontext_graph(model)
+        cost = WiringCost(graph, A=cfg.A, l0=cfg.l0, reduction=cfg.reduction)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        callbacks = []
+        if arm == "bimt":
+            callbacks.append(WiringPenalty(cost, piecewise(cfg.lam, cfg.lam_schedule, cfg.steps)))
+            if cfg.swap_interval:
+                callbacks.append(Relocation(graph, cost, opt, cfg.swap_interval, cfg.top_k, "greedy"))
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1)
+
+        def loss_fn(step, micro, model=model, gen=gen):
+            idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
+            return ((model(x[idx])[:, ::2, 0] - y[idx][:, ::2, 0]) ** 2).mean()
+
+        res = fit(model, opt, loss_fn, cfg.steps, out=out / arm, resume=resume, generators={"data": gen},
+                  callbacks=callbacks, evaluate=lambda step, model=model: {"test_mse_last": _mse_last(model, xt, yt)},
+                  log_every=cfg.eval_interval, checkpoint_every=cfg.checkpoint_interval, progress=progress,
+                  desc=f"in-context[{arm}]")
+        save_model(model, out / arm / "model.safetensors")
+        r = {"test_mse_last": _mse_last(model, xt, yt), "train_mse_last": _mse_last(model, x, y),
+             "seconds": round(res["seconds"], 1)}
+        snap = M.threshold(model, cfg.threshold)
+        r.update({"test_mse_last_pruned": _mse_last(model, xt, yt), "params_kept": snap.kept,
+                  "params_total": snap.total, "modularity_q": M.modularity(graph, 0.0, "louvain", seed=cfg.seed)[0],
+                  "wiring_length": M.wiring_length(graph, 0.0, gap=cfg.l0), **survivors(model, graph, 0.0)})
+        models[arm] = (model, graph, {k: v.clone() for k, v in model.state_dict().items()})
+        snap.revert()
+        arms[arm] = r
+    _draw(models, arms, cfg, out / "circuit.png")
+    _predictions(models, xt, yt, out / "predictions.png")
+    _curves({a: out / a / "log.csv" for a in cfg.arms}, baseline, out / "curves.png")
+    metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "baseline_mse_no_context": baseline,
+               "arms": arms}
+    for a, r in arms.items():
+        for k in ("test_mse_last", "test_mse_last_pruned", "params_kept", "stream_units_alive", "modularity_q",
+                  "wiring_length"):
+            metrics[f"{k}_{a}"] = r[k]
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _draw(models, arms, cfg, path):
+    n_layer = cfg.n_layer
+    fig, axes = plt.subplots(len(models), n_layer, figsize=(4.2 * n_layer, 3.6 * len(models)), squeeze=False)
+    for row, (arm, (model, graph, pruned)) in zip(axes, models.items()):
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(pruned)
+        for blk, ax in enumerate(row):
+            draw_block(ax, model, graph, 0.0, blk,
+                       f"{arm}, block {blk}: {arms[arm]['stream_units_alive']}/{cfg.n_embd} stream units alive, "
+                       f"test MSE {arms[arm]['test_mse_last_pruned']:.1e}")
+        model.load_state_dict(saved)
+    fig.suptitle(f"in-context regression, pruned at |w| > {cfg.threshold:g}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _predictions(models, xt, yt, path):
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for arm, (model, _, _) in models.items():
+        with torch.no_grad():
+            ax.scatter(yt[:, -1, 0].numpy(), model(xt)[:, -1, 0].numpy(), s=2, alpha=0.5, label=arm)
+    lim = float(yt[:, -1, 0].abs().max())
+    ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
+    ax.set_xlabel("true y (last pair)"); ax.set_ylabel("predicted y"); ax.legend(); ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _curves(logs, baseline, path):
+    from ..plot import read_log
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for arm, p in logs.items():
+        log = read_log(p)
+        if "test_mse_last" in log:
+            ok = ~np.isnan(log["test_mse_last"])
+            ax.plot(log["step"][ok], log["test_mse_last"][ok], label=arm)
+    ax.axhline(baseline, color="gray", ls="--", label="no context (predict 0)")
+    ax.set_yscale("log"); ax.set_xlabel("step"); ax.set_ylabel("test MSE of the in-context y"); ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
