@@ -164,6 +164,20 @@ CLAIMS = [
           lambda m: m["test_accuracy"] < 0.5, "network.png", {"variant": "none"}, {"variant": "none"},
           run_as="permutation-group-none", full_only=True,
           figures=lambda m: {"test accuracy": m["test_accuracy"], "weights kept": m["params_kept"]}),
+    Claim("BIMT in-context linear regression", "in-context",
+          "a 2-block transformer learns y2 = w·x2 from the pair in its context, and pruned at 1e-2 a small circuit "
+          "remains (notebook 3.4). Held here: test MSE of the in-context prediction ≤ 1e-2 after pruning (1.42 "
+          "without context), ≤ 5 % of weights kept, fewer residual-stream units alive than the control's",
+          lambda m: f"test MSE {m['test_mse_last_pruned_bimt']:.1e} pruned (control {m['test_mse_last_pruned_control']:.1e}, "
+                    f"no context {m['baseline_mse_no_context']:.2f}); {m['params_kept_bimt']} vs "
+                    f"{m['params_kept_control']} weights kept; stream units alive {m['stream_units_alive_bimt']} vs "
+                    f"{m['stream_units_alive_control']}; Q {m['modularity_q_bimt']:.2f} vs {m['modularity_q_control']:.2f}",
+          lambda m: m["test_mse_last_pruned_bimt"] <= 1e-2 and m["params_kept_bimt"] <= 0.05 * m["arms"]["bimt"]["params_total"]
+          and m["stream_units_alive_bimt"] < m["stream_units_alive_control"],
+          "circuit.png", {}, {}, full_only=True,
+          figures=lambda m: {f"{k} {a}": m[f"{k}_{a}"] for k in ("test_mse_last_pruned", "params_kept",
+                                                                  "stream_units_alive", "modularity_q")
+                             for a in ("bimt", "control")}),
     Claim("BIMT on a language model (seed 000's proposal)", "gpt-bimt",
           "the seed's question: with the wiring cost a GPT's circuits become simpler than without it (control) and "
           "than with L1 alone. Held here: validation loss within 5 % of the control's, fewer weights needed at +5 % "
