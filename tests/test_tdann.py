@@ -11,3 +11,22 @@ def test_tdann_cnn_is_smoother_than_control_at_equal_accuracy(tmp_path):
         assert len(cd["distance"]) == len(cd["correlation"]) > 3
     for f in ("corr_distance.png", "maps.png", "topo.safetensors", "control.safetensors"):
         assert (tmp_path / f).stat().st_size > 0
+
+
+def test_mnist_sized_sheets_with_a_stride_two_stem_and_the_data_row():
+    import pytest
+    import torch
+    from conftest import SHARED
+    from topotorch.experiments.tdann import TopoCNN
+    from topotorch.hooks import record
+    m = TopoCNN(1, 28, (16, 32), 10, stride=2)
+    with record({"conv1": m.conv1, "conv2": m.conv2}, "locations") as got:
+        out = m(torch.zeros(2, 1, 28, 28))
+    assert out.shape == (2, 10)
+    assert got["conv1"][0].shape == (2, 16 * 14 * 14) and got["conv2"][0].shape == (2, 32 * 7 * 7)
+    assert TopoCNN(1, 8, (16, 32), 10).fc.in_features == 32 * 4 * 4      # digits: unchanged
+    if not (SHARED / "data" / "mnist-t10k").is_dir():
+        pytest.skip("needs ../shared/data")
+    from topotorch.report import data_claims
+    rows = {c.run_as: c for c in data_claims(SHARED / "data")}
+    assert rows["tdann-cnn-mnist"].overrides["stride"] == 2 and rows["tdann-cnn-mnist"].data.startswith("MNIST")

@@ -291,6 +291,13 @@ def data_claims(data_dir) -> list[Claim]:
                           f"p = {m['p_value']:.1e}",
                 base.holds, "maps.png", over, {**over, "epochs": 3}, run_as="locality-prior-mnist",
                 figures=base.figures, data=f"MNIST ({mdir.name}, IDX)"))
+            td = next(c for c in CLAIMS if c.recipe == "tdann-cnn")
+            over = {"data": "mnist", "data_dir": str(mdir.resolve()), "stride": 2, "mode": "sampled", "epochs": 3}
+            out.append(Claim(
+                "TDANN (topographic CNN) on MNIST", "tdann-cnn",
+                "on MNIST (conv1 stride 2: 16×14×14 and 32×7×7 location units, sampled windows): " + td.published,
+                td.measured, td.holds, "maps.png", over, {**over, "epochs": 2}, run_as="tdann-cnn-mnist",
+                figures=td.figures, data=f"MNIST ({mdir.name}, IDX)"))
             break
     return out
 
