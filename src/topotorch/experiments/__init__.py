@@ -22,4 +22,4 @@ def kind(name: str, config: type):
     return deco
 
 
-from . import bimt, gptbimt, incontext, locality, spatialnet, tdann, topolm  # noqa: E402,F401  (each registers its kind)
+from . import bimt, gptbimt, incontext, locality, spatialnet, tdann, topolm, toponets  # noqa: E402,F401  (each registers its kind)
