@@ -38,6 +38,9 @@ def test_token_model_relocation_keeps_its_function():
     assert torch.allclose(model(x), before, atol=1e-5)
     with pytest.raises(ValueError, match="in_fold 2"):
         BIMTConfig(task="modular-addition", modulus=13, embedding=8, in_fold=1, shape=[16, 12, 13]).validate()
+    with pytest.raises(ValueError, match="finetune_steps"):   # refused before any training
+        BIMTConfig(task="modular-addition", modulus=13, embedding=8, in_fold=2, shape=[16, 12, 13],
+                   finetune_steps=100).validate()
 
 
 def test_modular_addition_reads_few_embedding_dimensions(tmp_path):

@@ -99,6 +99,9 @@ class BIMTConfig:
                                  f"embedding={self.embedding}, in_fold={self.in_fold}")
             if self.modulus < 2 or not 0 < self.train_fraction < 1:
                 raise ValueError("modulus must be ≥ 2 and train_fraction in (0, 1)")
+            if self.finetune_steps:
+                raise ValueError("prune-then-finetune is built for the MLP tasks; token tasks run the seed's "
+                                 "procedure (finetune_steps: 0)")
             d_in, n_out = 2 * self.embedding, self.modulus if self.task == "modular-addition" else 24
         if self.layout == "bio2d":
             for n in [d_in] + self.shape[1:-1]:
@@ -212,8 +215,6 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
                checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"{cfg.recipe}[{cfg.variant}]",
                tensorboard=cfg.tensorboard)
     seconds, extra = info["seconds"], {}
-    if cfg.task in TOKENS and cfg.finetune_steps:
-        raise ValueError("prune-then-finetune is built for the MLP tasks; token tasks run the seed's procedure")
     beyond = cfg.procedure != "seed" and cfg.variant == "full"  # ablation variants keep the seed's procedure
     if cfg.finetune_steps and beyond:
         extra = prune_for_budget(graph, model, x, y, cfg.threshold, cfg.prune_budget, lossf)
