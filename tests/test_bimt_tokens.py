@@ -99,7 +99,7 @@ def test_gpt_bimt_relocation_keeps_logits_at_every_swap():
 
 
 def test_gpt_bimt_reports_three_arms_side_by_side(tmp_path):
-    m = run_recipe("gpt-bimt", tmp_path, {"quick": True}, progress=False)
+    m = run_recipe("gpt-bimt", tmp_path, {"quick": True, "n_embd": 32}, progress=False)
     assert set(m["arms"]) == {"bimt", "l1", "control"}
     b, l1, c = (m["arms"][a] for a in ("bimt", "l1", "control"))
     for r in (b, l1, c):
