@@ -160,7 +160,8 @@ def _onehot_mse(out, y):
 
 
 def task_loss(cfg: BIMTConfig):
-    """Cross-entropy for two-moon, MSE on one-hot targets for the images (BIMT's), MSE for the formulas."""
+    """Cross-entropy for two-moon and the token tasks, MSE on one-hot targets for the images (BIMT's), MSE for the
+    formulas."""
     if cfg.task in TOKENS:
         return F.cross_entropy
     return {"two-moon": F.cross_entropy, "digits": _onehot_mse, "mnist": _onehot_mse}.get(cfg.task, F.mse_loss)
