@@ -43,6 +43,8 @@ FIGURES: dict[str, tuple[str, Callable, str, Callable]] = {
     "topolm": ("validation loss (nats/token)", lambda m: m["val_loss_topo"], None, _topolm_topo),
     "toponets-mlp": ("test accuracy (TopoLoss arm)", lambda m: m["accuracy_topo"],
                      "Moran's I of the class-tuning maps", lambda m: m["morans_i_topo"]),
+    "in-context": ("test MSE of the in-context y after pruning (wiring arm)", lambda m: m["test_mse_last_pruned_bimt"],
+                   "Newman's Q (Louvain), wiring arm", lambda m: m["modularity_q_bimt"]),
     "gpt-bimt": ("validation loss, wiring arm (nats/token)", lambda m: m["val_loss_bimt"],
                  "Newman's Q (Louvain), wiring arm", lambda m: m["modularity_q_bimt"]),
     "spatial-two-task": ("mean task accuracy", lambda m: float(np.mean(m["accuracy"])),
