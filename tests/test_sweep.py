@@ -56,3 +56,9 @@ def test_strength_zero_is_a_valid_setting_in_every_two_arm_recipe(tmp_path):
     assert m["accuracy_topo"] == m["accuracy_control"]  # same weights, data and positions, no loss: the same run
     m = run_recipe("topolm", tmp_path / "l", {"quick": True, "steps": 3, "alpha": 0.0}, progress=False)
     assert m["val_loss_topo"] == m["val_loss_control"]
+
+
+def test_every_recipe_kind_has_sweep_figures():
+    from topotorch.experiments import KINDS
+    from topotorch.sweep import FIGURES
+    assert set(KINDS) <= set(FIGURES)
