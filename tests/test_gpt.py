@@ -58,3 +58,21 @@ def test_relocating_only_the_stream_is_joint_across_blocks():
     assert torch.allclose(m(idx)[0], before, atol=1e-10)
     names = {p.name for p in g.layers[0].ports}
     assert {"weight", "bias"} <= names  # embeddings, LayerNorms and projections all move together
+
+
+def test_add_blocks_names_a_block_it_cannot_declare_and_leaves_the_graph_as_it_was():
+    from torch import nn
+    from topotorch.gpt import add_blocks
+    from topotorch.graph import NeuronGraph
+
+    class Fused(nn.Module):  # a fused qkv projection: not declarable by add_blocks
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(8), nn.LayerNorm(8)
+            self.attn = nn.MultiheadAttention(8, 2)
+
+    g = NeuronGraph()
+    s = g.add_layer("stream", L.line(8))
+    with pytest.raises(ValueError, match="no attn.q"):
+        add_blocks(g, s, [Fused()])
+    assert len(g.layers) == 1 and not g.weights and not g.layers[0].ports

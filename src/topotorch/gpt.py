@@ -151,6 +151,15 @@ def add_blocks(g: NeuronGraph, s: int, blocks, norms=(), hidden=None) -> None:
     LayerNorms (and the extra ``norms``) as stream ports, its q, k, v units (fixed), its MLP hidden layer,
     and the projections between them. Shared by :func:`gpt_graph` and models that feed the stream their own
     way (e.g. a linear read-in)."""
+    need = ("ln_1", "ln_2", "attn.q", "attn.k", "attn.v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    for i, b in enumerate(blocks):  # checked before the graph changes
+        for path in need:
+            obj = b
+            for part in path.split("."):
+                obj = getattr(obj, part, None)
+            if obj is None:
+                raise ValueError(f"block {i} ({type(b).__name__}) has no {path}: add_blocks declares topotorch.gpt.Block "
+                                 "(separate q, k, v projections); declare other blocks by hand with add_layer/connect")
     stream = g.layers[s].layout
     n = stream.n
     same_kind = (lambda k: L.square_grid(k)) if stream.dim == 2 else L.line  # layouts must share a dimension

@@ -12,7 +12,7 @@ from matplotlib.collections import LineCollection
 
 from .graph import NeuronGraph
 
-__all__ = ["draw_network", "plot_curves", "read_log"]
+__all__ = ["draw_network", "plot_curves", "plot_arm_curves", "read_log"]
 
 
 def _unit_xy(graph: NeuronGraph, i: int, gap: float) -> np.ndarray:
@@ -103,6 +103,29 @@ def read_log(path) -> dict[str, np.ndarray]:
     if not rows:
         return {}
     return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+
+
+def plot_arm_curves(logs: dict, key: str, path, ylabel: str, train_key: str | None = None,
+                    hline: tuple[float, str] | None = None, logy: bool = False) -> None:
+    """One line per arm of column ``key`` of each arm's ``log.csv`` (``{arm: path}``) against step; with
+    ``train_key`` that column too (dotted), with ``hline`` a labelled reference level (dashed)."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for arm, p in logs.items():
+        if not Path(p).exists():
+            continue
+        log = read_log(p)
+        for k, style, label in ((key, "-", arm), (train_key, ":", f"{arm} train")):
+            if k and k in log:
+                ok = ~np.isnan(log[k])
+                ax.plot(log["step"][ok], log[k][ok], style, label=label)
+    if hline is not None:
+        ax.axhline(hline[0], color="gray", ls="--", label=hline[1])
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("step"); ax.set_ylabel(ylabel); ax.grid(alpha=0.3); ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_curves(log: dict[str, np.ndarray] | str | Path, path=None, title: str | None = None,

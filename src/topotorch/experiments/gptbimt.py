@@ -30,10 +30,11 @@ from .. import metrics as M
 from ..costs import WiringCost
 from ..gpt import GPT, GPTConfig, gpt_graph
 from ..io import save_model, write_json
+from ..plot import plot_arm_curves
 from ..train import Relocation, WiringPenalty, fit, piecewise
 from . import kind
 from .common import start_run
-from .topolm import evaluate, lr_at
+from .topolm import evaluate, load_tokens, lr_at
 
 __all__ = ["GPTBIMTConfig", "run_gpt_bimt", "ARMS"]
 
@@ -44,7 +45,7 @@ ARMS = ("bimt", "l1", "control")
 class GPTBIMTConfig:
     recipe: str = "gpt-bimt"
     seed: int = 0
-    data: str = "grammar"            # grammar (offline, word-level) | a text file or folder (byte-level)
+    data: str = "grammar"            # grammar (offline, word-level) | fineweb | a text file or folder (byte-level)
     n_sentences: int = 20000
     n_layer: int = 2
     n_head: int = 4
@@ -98,9 +99,6 @@ class GPTBIMTConfig:
         return dataclasses.replace(self, steps=min(self.steps, 200), n_sentences=min(self.n_sentences, 4000),
                                    eval_interval=100, eval_batches=4, warmup=20, swap_interval=50, quick=False)
 
-
-def load_tokens(cfg: GPTBIMTConfig) -> D.TokenData:
-    return D.grammar_corpus(cfg.n_sentences, cfg.seed) if cfg.data == "grammar" else D.text_corpus(cfg.data)
 
 
 def train_arm(cfg: GPTBIMTConfig, arm: str, tokens: D.TokenData, out: Path, resume: bool, progress: bool):
@@ -272,7 +270,8 @@ def run_gpt_bimt(cfg: GPTBIMTConfig, out, resume: bool = False, progress: bool =
     fig.tight_layout()
     fig.savefig(out / "circuit.png", dpi=130)
     plt.close(fig)
-    _plot_curves({a: out / a / "log.csv" for a in cfg.arms}, out / "curves.png")
+    plot_arm_curves({a: out / a / "log.csv" for a in cfg.arms}, "val_loss", out / "curves.png",
+                    "validation loss (nats/token)")
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "data": cfg.data, "arms": arms}
     for a, r in arms.items():          # flat keys for reports and sweeps
         for k in ("val_loss", "kept_fraction", "kept_at_budget", "modularity_q", "wiring_length",
@@ -288,17 +287,3 @@ def run_gpt_bimt(cfg: GPTBIMTConfig, out, resume: bool = False, progress: bool =
             f"{b['mlp_unit_spread']:.3f} vs {c['mlp_unit_spread']:.3f}")
     write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def _plot_curves(logs: dict, path):
-    from ..plot import read_log
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for arm, p in logs.items():
-        log = read_log(p)
-        if "val_loss" in log:
-            ok = ~np.isnan(log["val_loss"])
-            ax.plot(log["step"][ok], log["val_loss"][ok], label=arm)
-    ax.set_xlabel("step"); ax.set_ylabel("validation loss (nats/token)"); ax.legend(); ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +27,7 @@ from ..costs import WiringCost
 from ..gpt import Block, GPTConfig, add_blocks
 from ..graph import NeuronGraph
 from ..io import save_model, write_json
+from ..plot import plot_arm_curves
 from ..train import Relocation, WiringPenalty, fit, piecewise
 from . import kind
 from .common import start_run
@@ -192,12 +191,13 @@ def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bo
         r.update({"test_mse_last_pruned": _mse_last(model, xt, yt), "params_kept": snap.kept,
                   "params_total": snap.total, "modularity_q": M.modularity(graph, 0.0, "louvain", seed=cfg.seed)[0],
                   "wiring_length": M.wiring_length(graph, 0.0, gap=cfg.l0), **survivors(model, graph, 0.0)})
-        models[arm] = (model, graph, {k: v.clone() for k, v in model.state_dict().items()})
         snap.revert()
+        models[arm] = (model, graph)
         arms[arm] = r
     _draw(models, arms, cfg, out / "circuit.png")
     _predictions(models, xt, yt, out / "predictions.png")
-    _curves({a: out / a / "log.csv" for a in cfg.arms}, baseline, out / "curves.png")
+    plot_arm_curves({a: out / a / "log.csv" for a in cfg.arms}, "test_mse_last", out / "curves.png",
+                    "test MSE of the in-context y", hline=(baseline, "no context (predict 0)"), logy=True)
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "baseline_mse_no_context": baseline,
                "arms": arms}
     for a, r in arms.items():
@@ -211,14 +211,11 @@ def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bo
 def _draw(models, arms, cfg, path):
     n_layer = cfg.n_layer
     fig, axes = plt.subplots(len(models), n_layer, figsize=(4.2 * n_layer, 3.6 * len(models)), squeeze=False)
-    for row, (arm, (model, graph, pruned)) in zip(axes, models.items()):
-        saved = {k: v.clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(pruned)
-        for blk, ax in enumerate(row):
-            draw_block(ax, model, graph, 0.0, blk,
+    for row, (arm, (model, graph)) in zip(axes, models.items()):
+        for blk, ax in enumerate(row):   # draws the weights above the threshold: the pruned circuit
+            draw_block(ax, model, graph, cfg.threshold, blk,
                        f"{arm}, block {blk}: {arms[arm]['stream_units_alive']}/{cfg.n_embd} stream units alive, "
                        f"test MSE {arms[arm]['test_mse_last_pruned']:.1e}")
-        model.load_state_dict(saved)
     fig.suptitle(f"in-context regression, pruned at |w| > {cfg.threshold:g}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -227,28 +224,12 @@ def _draw(models, arms, cfg, path):
 
 def _predictions(models, xt, yt, path):
     fig, ax = plt.subplots(figsize=(4, 4))
-    for arm, (model, _, _) in models.items():
+    for arm, (model, _) in models.items():
         with torch.no_grad():
             ax.scatter(yt[:, -1, 0].numpy(), model(xt)[:, -1, 0].numpy(), s=2, alpha=0.5, label=arm)
     lim = float(yt[:, -1, 0].abs().max())
     ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
     ax.set_xlabel("true y (last pair)"); ax.set_ylabel("predicted y"); ax.legend(); ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _curves(logs, baseline, path):
-    from ..plot import read_log
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for arm, p in logs.items():
-        log = read_log(p)
-        if "test_mse_last" in log:
-            ok = ~np.isnan(log["test_mse_last"])
-            ax.plot(log["step"][ok], log["test_mse_last"][ok], label=arm)
-    ax.axhline(baseline, color="gray", ls="--", label="no context (predict 0)")
-    ax.set_yscale("log"); ax.set_xlabel("step"); ax.set_ylabel("test MSE of the in-context y"); ax.legend()
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

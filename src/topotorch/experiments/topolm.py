@@ -27,6 +27,7 @@ from .. import metrics as M
 from ..gpt import GPT, GPTConfig, sequence_logprob
 from ..hooks import record
 from ..io import check_same_config, save_model, write_json
+from ..plot import plot_arm_curves
 from ..topography import attach
 from ..train import fit
 from . import kind
@@ -542,20 +543,7 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
             if all(key in t for t in text.values()):
                 plot_maps({arm: t[key] for arm, t in text.items()}, layouts, out / f"maps_{key}.png", title=title)
         write_json(out / "analysis.json", text, indent=None)
-    _plot_curves({arm: out / arm / "log.csv" for arm in cfg.arms}, out / "curves.png")
+    plot_arm_curves({arm: out / arm / "log.csv" for arm in cfg.arms}, "val_loss", out / "curves.png",
+                    "cross-entropy (nats/token)", train_key="train_loss")
     write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def _plot_curves(logs: dict, path):
-    from ..plot import read_log
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for arm, p in logs.items():
-        if Path(p).exists():
-            lg = read_log(p)
-            ax.plot(lg["step"], lg["val_loss"], label=f"{arm} validation")
-            ax.plot(lg["step"], lg["train_loss"], ":", label=f"{arm} train")
-    ax.set_xlabel("step"); ax.set_ylabel("cross-entropy (nats/token)"); ax.grid(alpha=0.3); ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
