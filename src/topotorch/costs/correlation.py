@@ -148,6 +148,63 @@ class _WindowCovariance(torch.autograd.Function):
         return (None, *grads)
 
 
+_OUT_DTYPE: dict = {}  # device type -> whether bmm takes out_dtype (float32 results from bf16/fp16 operands)
+
+
+def _bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` batched, at least float32 result. bf16/fp16 operands multiply exactly and accumulate in float32
+    (cuBLAS's ``out_dtype`` path); where that is unavailable (CPU) the operands are upcast, which computes
+    the same products."""
+    if a.dtype in (torch.bfloat16, torch.float16):
+        if _OUT_DTYPE.get(a.device.type, a.device.type == "cuda"):
+            try:
+                return torch.bmm(a, b, out_dtype=torch.float32)
+            except (RuntimeError, TypeError, NotImplementedError):
+                _OUT_DTYPE[a.device.type] = False
+        return torch.bmm(a.float(), b.float())
+    return torch.bmm(a, b)
+
+
+class _GroupCovariance(torch.autograd.Function):
+    """Covariances of column blocks of several sheets in one kernel sequence (the accelerator path).
+
+    ``Xs``: S activations ``(N, n)``, seen side by side as ``(N, S·n)`` (sheet s's unit u is column s·n + u).
+    ``cols``: ``None`` (blocks of ``m = n``: each sheet whole) or ``(B·m,)`` column indices on the
+    activations' device, ``B`` blocks of ``m``. Returns ``(B, m, m)`` float32.
+
+    The columns are gathered in the activations' own dtype (bf16 under autocast: half the bytes of a float32
+    copy, and only the gathered ones), centred in place — the difference is formed in float32 and rounded
+    once — and multiplied in one batched product with float32 accumulation and result. float32 inputs are
+    computed in float32 (TF32 only where the user enabled it for matrix products), float64 in float64. No
+    index is built on the host and nothing waits for the device.
+    """
+
+    @staticmethod
+    def forward(ctx, cols, m, *Xs):
+        X = Xs[0] if len(Xs) == 1 and cols is not None else torch.cat(Xs, 1)  # cat copies: centred in place
+        A = X if cols is None else torch.index_select(X, 1, cols)
+        if not A.is_floating_point():
+            A = A.float()
+        N = A.shape[0]
+        A.sub_(A.mean(0, keepdim=True, dtype=torch.float32))
+        W = A.view(N, -1, m).transpose(0, 1)                           # (B, N, m), strided: no copy
+        ctx.save_for_backward(A, cols)
+        ctx.m, ctx.widths = m, [x.shape[1] for x in Xs]
+        return _bmm_f32(W.transpose(1, 2), W).div_(N)
+
+    @staticmethod
+    def backward(ctx, G):
+        A, cols = ctx.saved_tensors
+        N, m = A.shape[0], ctx.m
+        W = A.view(N, -1, m).transpose(0, 1)
+        Sym = (G + G.transpose(1, 2)).div_(N).to(A.dtype)
+        dA = torch.empty_like(A)
+        torch.bmm(W, Sym, out=dA.view(N, -1, m).transpose(0, 1))      # one product, written in A's layout
+        if cols is not None:
+            dA = torch.zeros(N, sum(ctx.widths), dtype=A.dtype, device=A.device).index_add_(1, cols, dA)
+        return (None, None, *torch.split(dA, ctx.widths, dim=1))
+
+
 def covariance(X: torch.Tensor) -> torch.Tensor:
     """Covariances between the columns of ``X (..., N, n)`` (population, float32) → ``(..., n, n)``."""
     return _Covariance.apply(X.float())
@@ -264,6 +321,15 @@ class _Group:
             s0 = sheets[0]
             self.D, self.Dc, self.sdd = s0.Dw.to(device), s0.Dcw.to(device), s0.sddw.to(device)
             self.table = torch.stack([s.windows for s in sheets])  # (S, windows, m), CPU
+        self.device = device
+        self.sheet_index = torch.arange(len(sheets), device=device)
+        self._device_table = None
+
+    def device_table(self) -> torch.Tensor:
+        """The window table on the activations' device (copied once)."""
+        if self._device_table is None:
+            self._device_table = self.table.to(self.device)
+        return self._device_table
 
 
 class SpatialCorrelationLoss:
@@ -348,6 +414,7 @@ class SpatialCorrelationLoss:
             self.sheets.append(_Sheet(name, module, lay, a, radius, units))
         self.mode, self.kind, self.k, self.capture = mode, kind, neighbourhoods, capture
         self.enabled = True  # False: forward passes are not recorded (e.g. to compare against no loss)
+        self._batched = False  # True: the accelerator path on CPU too (tests compare the two paths)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self._hooks = [s.module.register_forward_hook(self._make_hook(s)) for s in self.sheets]
         if model is not None and base is not model or _dynamo_used():
@@ -377,8 +444,43 @@ class SpatialCorrelationLoss:
         for s in self.sheets:
             s.acts = None
 
+    def _draw(self, high: int, shape: tuple, device: torch.device) -> torch.Tensor:
+        """Window picks from :attr:`generator`, on ``device`` without waiting for it: drawn there when the
+        generator lives there, else drawn on the host (the same numbers on every device) and copied from
+        pinned memory asynchronously."""
+        gen = self.generator
+        if gen.device.type == device.type and (device.type == "cpu" or gen.device.index == device.index):
+            return torch.randint(high, shape, generator=gen, device=device)
+        pick = torch.randint(high, shape, generator=gen)
+        if device.type == "cuda":
+            return pick.pin_memory().to(device, non_blocking=True)
+        return pick.to(device)
+
+    def _device_group_loss(self, g: _Group) -> torch.Tensor:
+        """:meth:`_group_loss` on an accelerator: one gather of the windows' columns (or one concatenation of
+        the whole sheets) in the activations' dtype, one batched product, no host synchronisation."""
+        acts = [s.acts for s in g.sheets]
+        S, n = len(acts), g.n
+        if self.mode == "exact":
+            r = _corr_from_cov(_GroupCovariance.apply(None, n, *acts))          # (S, n, n)
+        else:
+            table = g.device_table()
+            pick = self._draw(table.shape[1], (S, self.k), table.device)
+            idx = table[g.sheet_index[:, None], pick]                           # (S, k, m)
+            k, m = idx.shape[1:]
+            if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
+                r = _corr_from_cov(_GroupCovariance.apply(None, n, *acts))
+                r = r[g.sheet_index[:, None, None, None], idx[..., :, None], idx[..., None, :]]
+            else:
+                cols = (idx + n * g.sheet_index[:, None, None]).flatten()
+                r = _corr_from_cov(_GroupCovariance.apply(cols, m, *acts)).view(S, k, m, m)
+        loss = _relative(r, g.Dc, g.sdd) if self.kind == "relative" else _absolute(r, g.D)
+        return loss if self.mode == "exact" else loss.mean(-1)
+
     def _group_loss(self, g: _Group) -> torch.Tensor:
         """Losses ``(S,)`` of one group: all its correlations in one batched product, the loss in one batch."""
+        if g.sheets[0].acts.device.type != "cpu" or self._batched:
+            return self._device_group_loss(g)
         acts = [s.acts.float() for s in g.sheets]
         S, n = len(acts), g.n
         if self.mode == "exact":
