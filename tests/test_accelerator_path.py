@@ -77,8 +77,24 @@ def test_batched_path_matches_the_definition_on_cpu(dtype, mode, kind):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_batched_path_is_accurate_when_means_dwarf_the_spread(dtype):
-    check("cpu", dtype, "exact", "relative", mean=100.0)
+@pytest.mark.parametrize("mode", ["exact", "sampled"])
+def test_batched_path_is_accurate_when_means_dwarf_the_spread(dtype, mode):
+    """The centring subtracts the mean rounded to bf16; the remainder is corrected for exactly."""
+    check("cpu", dtype, mode, "relative", mean=100.0)
+
+
+def test_group_covariance_gradients_with_overlapping_and_padded_windows():
+    from topotorch.costs.correlation import _GroupCovariance
+    g = torch.Generator().manual_seed(0)
+    Xs = [(torch.randn(40, 10, generator=g, dtype=torch.float64) + 3).requires_grad_() for _ in range(2)]
+    cols = torch.tensor([[0, 1, 2, 2, 3, 4], [5, 5, 6, 9, 8, 7]])  # a unit in two windows, a padded copy
+    assert torch.autograd.gradcheck(lambda *x: _GroupCovariance.apply(cols, 3, *x), tuple(Xs))
+    assert torch.autograd.gradcheck(lambda *x: _GroupCovariance.apply(None, 10, *x), tuple(Xs))
+    C = _GroupCovariance.apply(cols, 3, *Xs)
+    for s in range(2):
+        for j in range(2):
+            w = cols[s, 3 * j:3 * j + 3]
+            assert torch.allclose(C[2 * s + j], torch.cov(Xs[s][:, w].T, correction=0))
 
 
 @cuda

@@ -166,43 +166,78 @@ def _bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _GroupCovariance(torch.autograd.Function):
-    """Covariances of column blocks of several sheets in one kernel sequence (the accelerator path).
+    """Covariances of several sheets, whole or in windows, in one batched product (the accelerator path).
 
-    ``Xs``: S activations ``(N, n)``, seen side by side as ``(N, S·n)`` (sheet s's unit u is column s·n + u).
-    ``cols``: ``None`` (blocks of ``m = n``: each sheet whole) or ``(B·m,)`` column indices on the
-    activations' device, ``B`` blocks of ``m``. Returns ``(B, m, m)`` float32.
+    ``Xs``: S activations ``(N, n)`` of one group. ``cols``: ``None`` (each sheet whole: ``(S, n, n)``) or
+    ``(S, k·m)`` column indices per sheet on the activations' device, ``k`` windows of ``m`` consecutive
+    entries (``(S·k, m, m)``). Returns float32 covariances.
 
-    The columns are gathered in the activations' own dtype (bf16 under autocast: half the bytes of a float32
-    copy, and only the gathered ones), centred in place — the difference is formed in float32 and rounded
-    once — and multiplied in one batched product with float32 accumulation and result. float32 inputs are
-    computed in float32 (TF32 only where the user enabled it for matrix products), float64 in float64. No
+    The columns are copied once in the activations' own dtype (bf16 under autocast: half the bytes of a
+    float32 copy, and only the gathered ones), centred on the way (whole sheets) or in place (windows), and
+    multiplied with float32 accumulation and result. The mean subtracted is the float32 mean rounded to the
+    copy's dtype; the remainder ``δ`` is known exactly and corrected for (``C = AᵀA/N − δδᵀ``), so a unit
+    whose mean dwarfs its spread loses nothing. The backward is one product, plus, for windows, one product
+    with the one-hot selection matrix that sums overlapping windows' gradients in float32 (deterministic, no
+    atomics). Matrix dimensions should be multiples of 8 for the tensor cores (the caller pads windows). No
     index is built on the host and nothing waits for the device.
     """
 
     @staticmethod
     def forward(ctx, cols, m, *Xs):
-        X = Xs[0] if len(Xs) == 1 and cols is not None else torch.cat(Xs, 1)  # cat copies: centred in place
-        A = X if cols is None else torch.index_select(X, 1, cols)
-        if not A.is_floating_point():
-            A = A.float()
-        N = A.shape[0]
-        A.sub_(A.mean(0, keepdim=True, dtype=torch.float32))
-        W = A.view(N, -1, m).transpose(0, 1)                           # (B, N, m), strided: no copy
-        ctx.save_for_backward(A, cols)
-        ctx.m, ctx.widths = m, [x.shape[1] for x in Xs]
-        return _bmm_f32(W.transpose(1, 2), W).div_(N)
+        S, N, n = len(Xs), *Xs[0].shape
+        dt = Xs[0].dtype if Xs[0].is_floating_point() else torch.float32
+        Xs = [X if X.dtype == dt else X.to(dt) for X in Xs]
+        acc = torch.float64 if dt == torch.float64 else torch.float32
+        if cols is None:
+            mu = torch.stack([X.mean(0, dtype=acc) for X in Xs])                # (S, n)
+            shift = mu.to(dt)
+            A = torch.empty(S, N, n, dtype=dt, device=Xs[0].device)
+            for s, X in enumerate(Xs):  # copy and centre in one pass per sheet
+                torch.sub(X, shift[s], out=A[s])
+            W = A                                                                # (S, N, n)
+        else:
+            c = cols.shape[1]
+            A = torch.empty(N, S * c, dtype=dt, device=Xs[0].device)
+            for s, X in enumerate(Xs):
+                torch.index_select(X, 1, cols[s], out=A[:, s * c:(s + 1) * c])
+            mu = A.mean(0, dtype=acc)
+            shift = mu.to(dt)
+            A.sub_(shift)
+            W = A.view(N, -1, m).transpose(0, 1)                                 # (S·k, N, m), strided
+        delta = (mu - shift.to(acc)).view(W.shape[0], 1, m)                      # remainder of the centring
+        C = _bmm_f32(W.transpose(1, 2), W).div_(N).sub_(delta.transpose(1, 2) * delta)
+        ctx.save_for_backward(A, delta, cols)
+        ctx.m, ctx.n = m, n
+        return C
 
     @staticmethod
     def backward(ctx, G):
-        A, cols = ctx.saved_tensors
-        N, m = A.shape[0], ctx.m
-        W = A.view(N, -1, m).transpose(0, 1)
-        Sym = (G + G.transpose(1, 2)).div_(N).to(A.dtype)
+        A, delta, cols = ctx.saved_tensors
+        m, n = ctx.m, ctx.n
+        whole = cols is None
+        N = A.shape[1] if whole else A.shape[0]
+        W = A if whole else A.view(N, -1, m).transpose(0, 1)
+        Sym = (G + G.transpose(1, 2)).div_(N)
+        # dA = (A − 1δᵀ)·Sym, the rank-one term folded in as the product's bias
+        bias = torch.bmm(delta, Sym).neg_().to(A.dtype)
+        Sym = Sym.to(A.dtype)
+        if whole:
+            return (None, None, *torch.baddbmm(bias, W, Sym).unbind(0))
         dA = torch.empty_like(A)
-        torch.bmm(W, Sym, out=dA.view(N, -1, m).transpose(0, 1))      # one product, written in A's layout
-        if cols is not None:
-            dA = torch.zeros(N, sum(ctx.widths), dtype=A.dtype, device=A.device).index_add_(1, cols, dA)
-        return (None, None, *torch.split(dA, ctx.widths, dim=1))
+        torch.baddbmm(bias, W, Sym, out=dA.view(N, -1, m).transpose(0, 1))
+        S, c = cols.shape
+        if A.dtype == torch.float32 and A.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+            # a one-hot product in TF32 would round the gradients: scatter them instead
+            dX = torch.zeros(N, S * n, dtype=A.dtype, device=A.device)
+            dX.index_add_(1, (cols + n * torch.arange(S, device=cols.device)[:, None]).flatten(), dA)
+            return (None, None, *torch.split(dX, n, dim=1))
+        P = torch.zeros(S, c, n, dtype=A.dtype, device=A.device).scatter_(2, cols[:, :, None], 1.0)
+        return (None, None, *_bmm_like(dA.view(N, S, c).transpose(0, 1), P).unbind(0))
+
+
+def _bmm_like(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` batched in the operands' dtype (float32 accumulation)."""
+    return torch.bmm(a, b)
 
 
 def covariance(X: torch.Tensor) -> torch.Tensor:
@@ -472,8 +507,12 @@ class SpatialCorrelationLoss:
                 r = _corr_from_cov(_GroupCovariance.apply(None, n, *acts))
                 r = r[g.sheet_index[:, None, None, None], idx[..., :, None], idx[..., None, :]]
             else:
-                cols = (idx + n * g.sheet_index[:, None, None]).flatten()
-                r = _corr_from_cov(_GroupCovariance.apply(cols, m, *acts)).view(S, k, m, m)
+                # windows padded to a multiple of 8 units (tensor-core alignment; 3× faster at m = 81) with
+                # copies of their first unit, whose rows and columns are dropped again
+                m8 = -(-m // 8) * 8
+                cols = torch.cat([idx, idx[..., :1].expand(S, k, m8 - m)], -1).view(S, k * m8)
+                C = _GroupCovariance.apply(cols, m8, *acts).view(S, k, m8, m8)[..., :m, :m]
+                r = _corr_from_cov(C)
         loss = _relative(r, g.Dc, g.sdd) if self.kind == "relative" else _absolute(r, g.D)
         return loss if self.mode == "exact" else loss.mean(-1)
 
