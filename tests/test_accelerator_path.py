@@ -64,9 +64,11 @@ def check(device, dtype, mode, kind, mean=0.0):
     assert got == pytest.approx(want, abs=TOL[dtype]), (got, want)
     # gradients against the CPU float32 path (itself checked against autograd in test_correlation_loss)
     _, ref, _ = run("cpu", dtype, mode, kind, mean, batched=False)
+    # relative to the norm; |r − D|'s subgradient flips sign for pairs with r ≈ D at bf16's rounding level,
+    # which moves a 64-unit sheet's gradient by a few per cent
+    tol = 1e-4 if dtype != torch.bfloat16 else 2e-2 if kind == "relative" else 1e-1
     for a, b in zip(grads, ref):
-        scale = b.abs().max()
-        assert (a - b).abs().max() <= (2e-2 if dtype == torch.bfloat16 else 1e-4) * scale
+        assert (a - b).norm() <= tol * b.norm()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -87,14 +89,17 @@ def test_group_covariance_gradients_with_overlapping_and_padded_windows():
     from topotorch.costs.correlation import _GroupCovariance
     g = torch.Generator().manual_seed(0)
     Xs = [(torch.randn(40, 10, generator=g, dtype=torch.float64) + 3).requires_grad_() for _ in range(2)]
-    cols = torch.tensor([[0, 1, 2, 2, 3, 4], [5, 5, 6, 9, 8, 7]])  # a unit in two windows, a padded copy
+    # two windows of 3 per sheet, then padding; a unit in two windows, a unit twice in one
+    cols = torch.tensor([[0, 1, 2, 2, 3, 4, 0, 0], [5, 5, 6, 9, 8, 7, 5, 5]])
     assert torch.autograd.gradcheck(lambda *x: _GroupCovariance.apply(cols, 3, *x), tuple(Xs))
     assert torch.autograd.gradcheck(lambda *x: _GroupCovariance.apply(None, 10, *x), tuple(Xs))
     C = _GroupCovariance.apply(cols, 3, *Xs)
+    assert C.shape == (2, 2, 3, 3)
     for s in range(2):
+        assert torch.allclose(_GroupCovariance.apply(None, 10, *Xs)[s], torch.cov(Xs[s].T, correction=0))
         for j in range(2):
             w = cols[s, 3 * j:3 * j + 3]
-            assert torch.allclose(C[2 * s + j], torch.cov(Xs[s][:, w].T, correction=0))
+            assert torch.allclose(C[s, j], torch.cov(Xs[s][:, w].T, correction=0))
 
 
 @cuda

@@ -165,21 +165,27 @@ def _bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, b)
 
 
+def _exact_one_hot(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a product with a one-hot matrix reproduces its operand exactly (not under TF32)."""
+    return dtype != torch.float32 or device.type != "cuda" or torch.get_float32_matmul_precision() == "highest"
+
+
 class _GroupCovariance(torch.autograd.Function):
     """Covariances of several sheets, whole or in windows, in one batched product (the accelerator path).
 
-    ``Xs``: S activations ``(N, n)`` of one group. ``cols``: ``None`` (each sheet whole: ``(S, n, n)``) or
-    ``(S, k·m)`` column indices per sheet on the activations' device, ``k`` windows of ``m`` consecutive
-    entries (``(S·k, m, m)``). Returns float32 covariances.
+    ``Xs``: S activations ``(N, n)`` of one group. ``cols``: ``None`` (each sheet whole → ``(S, n, n)``) or
+    ``(S, c)`` column indices per sheet on the activations' device, whose first ``k·m`` entries are ``k``
+    windows of ``m`` (→ ``(S, k, m, m)``); ``c`` a multiple of 8 keeps the copies aligned for the tensor cores.
+    Returns covariances in float32 (float64 for float64 inputs).
 
-    The columns are copied once in the activations' own dtype (bf16 under autocast: half the bytes of a
-    float32 copy, and only the gathered ones), centred on the way (whole sheets) or in place (windows), and
-    multiplied with float32 accumulation and result. The mean subtracted is the float32 mean rounded to the
-    copy's dtype; the remainder ``δ`` is known exactly and corrected for (``C = AᵀA/N − δδᵀ``), so a unit
-    whose mean dwarfs its spread loses nothing. The backward is one product, plus, for windows, one product
-    with the one-hot selection matrix that sums overlapping windows' gradients in float32 (deterministic, no
-    atomics). Matrix dimensions should be multiples of 8 for the tensor cores (the caller pads windows). No
-    index is built on the host and nothing waits for the device.
+    The needed columns are copied once, in the activations' own dtype (bf16 under autocast), already
+    shifted by a cheap estimate of their mean (the mean of 64 samples), and multiplied with float32
+    accumulation. For windows the copy is a product with a one-hot selection matrix whose bias is the
+    shift — gather and centring in one kernel, exact in bf16. The remainder ``δ`` of the shift is measured
+    and corrected for exactly (``C = AᵀA/N − δδᵀ``), so units whose mean dwarfs their spread lose nothing.
+    The windows' covariances are blocks of one product over the union of their columns. The backward is one
+    product with the selection matrix folded in, which sums overlapping windows' gradients in float32
+    (deterministic, no atomics). No index is built on the host and nothing waits for the device.
     """
 
     @staticmethod
@@ -188,56 +194,53 @@ class _GroupCovariance(torch.autograd.Function):
         dt = Xs[0].dtype if Xs[0].is_floating_point() else torch.float32
         Xs = [X if X.dtype == dt else X.to(dt) for X in Xs]
         acc = torch.float64 if dt == torch.float64 else torch.float32
+        dev = Xs[0].device
+        step = max(N // 64, 1)
+        shift = torch.stack([X[::step][:64] for X in Xs]).mean(1, dtype=acc).to(dt)   # (S, n)
+        P = None
         if cols is None:
-            mu = torch.stack([X.mean(0, dtype=acc) for X in Xs])                # (S, n)
-            shift = mu.to(dt)
-            A = torch.empty(S, N, n, dtype=dt, device=Xs[0].device)
-            for s, X in enumerate(Xs):  # copy and centre in one pass per sheet
+            A = torch.empty(S, N, n, dtype=dt, device=dev)
+            for s, X in enumerate(Xs):  # copied and shifted in one pass per sheet
                 torch.sub(X, shift[s], out=A[s])
-            W = A                                                                # (S, N, n)
         else:
             c = cols.shape[1]
-            A = torch.empty(N, S * c, dtype=dt, device=Xs[0].device)
-            for s, X in enumerate(Xs):
-                torch.index_select(X, 1, cols[s], out=A[:, s * c:(s + 1) * c])
-            mu = A.mean(0, dtype=acc)
-            shift = mu.to(dt)
-            A.sub_(shift)
-            W = A.view(N, -1, m).transpose(0, 1)                                 # (S·k, N, m), strided
-        delta = (mu - shift.to(acc)).view(W.shape[0], 1, m)                      # remainder of the centring
-        C = _bmm_f32(W.transpose(1, 2), W).div_(N).sub_(delta.transpose(1, 2) * delta)
-        ctx.save_for_backward(A, delta, cols)
+            shift = shift.gather(1, cols)                                             # (S, c)
+            A = torch.empty(S, N, c, dtype=dt, device=dev)
+            if _exact_one_hot(dt, dev):
+                P = torch.zeros(S, c, n, dtype=dt, device=dev).scatter_(2, cols[:, :, None], 1.0)
+                for s, X in enumerate(Xs):
+                    torch.addmm(shift[s].neg(), X, P[s].t(), out=A[s])
+            else:
+                for s, X in enumerate(Xs):
+                    torch.index_select(X, 1, cols[s], out=A[s])
+                A.sub_(shift[:, None, :])
+        delta = A.mean(1, dtype=acc)[:, None, :]                                       # (S, 1, w)
+        C = _bmm_f32(A.transpose(1, 2), A).div_(N).sub_(delta.transpose(1, 2) * delta)
+        ctx.save_for_backward(A, delta, cols, P)
         ctx.m, ctx.n = m, n
-        return C
+        if cols is None:
+            return C
+        ctx.k = k = cols.shape[1] // m  # whole windows; the rest is alignment padding
+        blocks = C[:, :k * m, :k * m].unflatten(1, (k, m)).unflatten(3, (k, m)).diagonal(dim1=1, dim2=3)
+        return blocks.permute(0, 3, 1, 2).contiguous()                                 # (S, k, m, m)
 
     @staticmethod
     def backward(ctx, G):
-        A, delta, cols = ctx.saved_tensors
+        A, delta, cols, P = ctx.saved_tensors
         m, n = ctx.m, ctx.n
-        whole = cols is None
-        N = A.shape[1] if whole else A.shape[0]
-        W = A if whole else A.view(N, -1, m).transpose(0, 1)
-        Sym = (G + G.transpose(1, 2)).div_(N)
-        # dA = (A − 1δᵀ)·Sym, the rank-one term folded in as the product's bias
+        S, N, w = A.shape
+        Sym = (G + G.transpose(-1, -2)).div_(N)
+        if cols is not None:  # the windows' blocks on the diagonal of the union's matrix, the selection folded in
+            k = ctx.k
+            GU = torch.zeros(S, w, w, dtype=Sym.dtype, device=Sym.device)
+            GU[:, :k * m, :k * m].unflatten(1, (k, m)).unflatten(3, (k, m)).diagonal(dim1=1, dim2=3).copy_(
+                Sym.permute(0, 2, 3, 1))
+            if P is None:
+                P = torch.zeros(S, w, n, dtype=A.dtype, device=A.device).scatter_(2, cols[:, :, None], 1.0)
+            Sym = torch.bmm(GU, P.to(GU.dtype))                                       # (S, w, n)
+        # dX = (A − 1δᵀ)·Sym, the rank-one term as the product's bias
         bias = torch.bmm(delta, Sym).neg_().to(A.dtype)
-        Sym = Sym.to(A.dtype)
-        if whole:
-            return (None, None, *torch.baddbmm(bias, W, Sym).unbind(0))
-        dA = torch.empty_like(A)
-        torch.baddbmm(bias, W, Sym, out=dA.view(N, -1, m).transpose(0, 1))
-        S, c = cols.shape
-        if A.dtype == torch.float32 and A.is_cuda and torch.backends.cuda.matmul.allow_tf32:
-            # a one-hot product in TF32 would round the gradients: scatter them instead
-            dX = torch.zeros(N, S * n, dtype=A.dtype, device=A.device)
-            dX.index_add_(1, (cols + n * torch.arange(S, device=cols.device)[:, None]).flatten(), dA)
-            return (None, None, *torch.split(dX, n, dim=1))
-        P = torch.zeros(S, c, n, dtype=A.dtype, device=A.device).scatter_(2, cols[:, :, None], 1.0)
-        return (None, None, *_bmm_like(dA.view(N, S, c).transpose(0, 1), P).unbind(0))
-
-
-def _bmm_like(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` batched in the operands' dtype (float32 accumulation)."""
-    return torch.bmm(a, b)
+        return (None, None, *torch.baddbmm(bias, A, Sym.to(A.dtype)).unbind(0))
 
 
 def covariance(X: torch.Tensor) -> torch.Tensor:
@@ -507,12 +510,12 @@ class SpatialCorrelationLoss:
                 r = _corr_from_cov(_GroupCovariance.apply(None, n, *acts))
                 r = r[g.sheet_index[:, None, None, None], idx[..., :, None], idx[..., None, :]]
             else:
-                # windows padded to a multiple of 8 units (tensor-core alignment; 3× faster at m = 81) with
-                # copies of their first unit, whose rows and columns are dropped again
-                m8 = -(-m // 8) * 8
-                cols = torch.cat([idx, idx[..., :1].expand(S, k, m8 - m)], -1).view(S, k * m8)
-                C = _GroupCovariance.apply(cols, m8, *acts).view(S, k, m8, m8)[..., :m, :m]
-                r = _corr_from_cov(C)
+                # the windows side by side, padded to a multiple of 8 columns (tensor-core alignment: 3× faster
+                # products at 5 × 81) with copies of a unit, whose covariances are not used
+                c8 = -(-k * m // 8) * 8
+                cols = idx.view(S, k * m)
+                cols = torch.cat([cols, cols[:, :1].expand(S, c8 - k * m)], 1)
+                r = _corr_from_cov(_GroupCovariance.apply(cols, m, *acts))             # (S, k, m, m)
         loss = _relative(r, g.Dc, g.sdd) if self.kind == "relative" else _absolute(r, g.D)
         return loss if self.mode == "exact" else loss.mean(-1)
 
