@@ -85,20 +85,19 @@ def test_batched_path_is_accurate_when_means_dwarf_the_spread(dtype, mode):
     check("cpu", dtype, mode, "relative", mean=100.0)
 
 
-def test_group_covariance_gradients_with_overlapping_and_padded_windows():
+def test_group_covariance_gradients_with_overlapping_windows():
     from topotorch.costs.correlation import _GroupCovariance
     g = torch.Generator().manual_seed(0)
     Xs = [(torch.randn(40, 10, generator=g, dtype=torch.float64) + 3).requires_grad_() for _ in range(2)]
-    # two windows of 3 per sheet, then padding; a unit in two windows, a unit twice in one
-    cols = torch.tensor([[0, 1, 2, 2, 3, 4, 0, 0], [5, 5, 6, 9, 8, 7, 5, 5]])
-    assert torch.autograd.gradcheck(lambda *x: _GroupCovariance.apply(cols, 3, *x), tuple(Xs))
-    assert torch.autograd.gradcheck(lambda *x: _GroupCovariance.apply(None, 10, *x), tuple(Xs))
-    C = _GroupCovariance.apply(cols, 3, *Xs)
+    idx = torch.tensor([[[0, 1, 2], [2, 3, 4]], [[5, 5, 6], [9, 8, 7]]])  # a unit in two windows, one twice
+    assert torch.autograd.gradcheck(lambda *x: _GroupCovariance.apply(idx, *x), tuple(Xs))
+    assert torch.autograd.gradcheck(lambda *x: _GroupCovariance.apply(None, *x), tuple(Xs))
+    C = _GroupCovariance.apply(idx, *Xs)
     assert C.shape == (2, 2, 3, 3)
     for s in range(2):
-        assert torch.allclose(_GroupCovariance.apply(None, 10, *Xs)[s], torch.cov(Xs[s].T, correction=0))
+        assert torch.allclose(_GroupCovariance.apply(None, *Xs)[s], torch.cov(Xs[s].T, correction=0))
         for j in range(2):
-            w = cols[s, 3 * j:3 * j + 3]
+            w = idx[s, j]
             assert torch.allclose(C[s, j], torch.cov(Xs[s][:, w].T, correction=0))
 
 
@@ -108,6 +107,18 @@ def test_group_covariance_gradients_with_overlapping_and_padded_windows():
 def test_cuda_path_matches_the_definition(dtype, mode):
     check("cuda", dtype, mode, "relative")
     check("cuda", dtype, "exact", "relative", mean=100.0)
+
+
+@cuda
+def test_cuda_float32_under_tf32_gathers_instead_of_rounding():
+    """With TF32 matrix products allowed, float32 windows are gathered by index, not by a one-hot product."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        got, _, want = run("cuda", torch.float32, "sampled", "relative")
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert got == pytest.approx(want, abs=1e-4)
 
 
 @cuda

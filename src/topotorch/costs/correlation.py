@@ -173,23 +173,24 @@ def _exact_one_hot(dtype: torch.dtype, device: torch.device) -> bool:
 class _GroupCovariance(torch.autograd.Function):
     """Covariances of several sheets, whole or in windows, in one batched product (the accelerator path).
 
-    ``Xs``: S activations ``(N, n)`` of one group. ``cols``: ``None`` (each sheet whole → ``(S, n, n)``) or
-    ``(S, c)`` column indices per sheet on the activations' device, whose first ``k·m`` entries are ``k``
-    windows of ``m`` (→ ``(S, k, m, m)``); ``c`` a multiple of 8 keeps the copies aligned for the tensor cores.
+    ``Xs``: S activations ``(N, n)`` of one group. ``idx``: ``None`` (each sheet whole → ``(S, n, n)``) or
+    ``(S, k, m)`` unit indices of ``k`` windows per sheet, on the activations' device (→ ``(S, k, m, m)``).
     Returns covariances in float32 (float64 for float64 inputs).
 
-    The needed columns are copied once, in the activations' own dtype (bf16 under autocast), already
-    shifted by a cheap estimate of their mean (the mean of 64 samples), and multiplied with float32
-    accumulation. For windows the copy is a product with a one-hot selection matrix whose bias is the
-    shift — gather and centring in one kernel, exact in bf16. The remainder ``δ`` of the shift is measured
-    and corrected for exactly (``C = AᵀA/N − δδᵀ``), so units whose mean dwarfs their spread lose nothing.
-    The windows' covariances are blocks of one product over the union of their columns. The backward is one
-    product with the selection matrix folded in, which sums overlapping windows' gradients in float32
-    (deterministic, no atomics). No index is built on the host and nothing waits for the device.
+    One copy ``A (S, N, w)`` holds the needed columns in the activations' own dtype (bf16 under autocast),
+    shifted by a cheap estimate of their mean (the mean of 64 samples), then zero padding to a multiple of
+    8 columns (tensor-core alignment) and a last column of ones. For windows the copy is one product with
+    a one-hot selection matrix whose bias is the shift: gather and centring in one kernel, exact in bf16.
+    Then one product ``AᵀA/N`` with float32 accumulation holds every covariance of the shifted columns and,
+    against the ones, their means ``δ`` — the remainder of the shift, corrected for exactly
+    (``C = AᵀA/N − δδᵀ``), so units whose mean dwarfs their spread lose nothing. The windows' covariances are
+    blocks of it. The backward is one product of ``A`` with the gradient, the selection matrix and the
+    rank-one correction folded in (the ones column carries it); overlapping windows' gradients are summed
+    in float32, deterministically. No index is built on the host and nothing waits for the device.
     """
 
     @staticmethod
-    def forward(ctx, cols, m, *Xs):
+    def forward(ctx, idx, *Xs):
         S, N, n = len(Xs), *Xs[0].shape
         dt = Xs[0].dtype if Xs[0].is_floating_point() else torch.float32
         Xs = [X if X.dtype == dt else X.to(dt) for X in Xs]
@@ -197,50 +198,55 @@ class _GroupCovariance(torch.autograd.Function):
         dev = Xs[0].device
         step = max(N // 64, 1)
         shift = torch.stack([X[::step][:64] for X in Xs]).mean(1, dtype=acc).to(dt)   # (S, n)
+        u = n if idx is None else idx.shape[1] * idx.shape[2]
+        w = (u // 8 + 1) * 8                                                          # ≥ one spare column
+        A = torch.empty(S, N, w, dtype=dt, device=dev)
         P = None
-        if cols is None:
-            A = torch.empty(S, N, n, dtype=dt, device=dev)
+        if idx is None:
             for s, X in enumerate(Xs):  # copied and shifted in one pass per sheet
-                torch.sub(X, shift[s], out=A[s])
+                torch.sub(X, shift[s], out=A[s, :, :n])
+            A[:, :, n:].zero_()
         else:
-            c = cols.shape[1]
-            shift = shift.gather(1, cols)                                             # (S, c)
-            A = torch.empty(S, N, c, dtype=dt, device=dev)
+            cols = idx.reshape(S, u)
+            shift = torch.cat([shift.gather(1, cols), shift.new_zeros(S, w - u)], 1)    # (S, w)
+            P = torch.zeros(S, w, n, dtype=dt, device=dev)
+            P[:, :u].scatter_(2, cols[:, :, None], 1.0)                                   # (S, w, n) one-hot
             if _exact_one_hot(dt, dev):
-                P = torch.zeros(S, c, n, dtype=dt, device=dev).scatter_(2, cols[:, :, None], 1.0)
                 for s, X in enumerate(Xs):
                     torch.addmm(shift[s].neg(), X, P[s].t(), out=A[s])
-            else:
+            else:  # float32 under TF32: a one-hot product would round the activations; gather instead
                 for s, X in enumerate(Xs):
-                    torch.index_select(X, 1, cols[s], out=A[s])
+                    torch.index_select(X, 1, cols[s], out=A[s, :, :u])
+                A[:, :, u:].zero_()
                 A.sub_(shift[:, None, :])
-        delta = A.mean(1, dtype=acc)[:, None, :]                                       # (S, 1, w)
-        C = _bmm_f32(A.transpose(1, 2), A).div_(N).sub_(delta.transpose(1, 2) * delta)
-        ctx.save_for_backward(A, delta, cols, P)
-        ctx.m, ctx.n = m, n
-        if cols is None:
+        A[:, :, -1] = 1.0
+        CA = _bmm_f32(A.transpose(1, 2), A).div_(N)                                   # (S, w, w)
+        delta = CA[:, -1:, :u]                                                        # (S, 1, u) means
+        C = CA[:, :u, :u] - delta.transpose(1, 2) * delta
+        ctx.save_for_backward(A, delta, P)
+        ctx.n, ctx.u = n, u
+        if idx is None:
             return C
-        ctx.k = k = cols.shape[1] // m  # whole windows; the rest is alignment padding
-        blocks = C[:, :k * m, :k * m].unflatten(1, (k, m)).unflatten(3, (k, m)).diagonal(dim1=1, dim2=3)
-        return blocks.permute(0, 3, 1, 2).contiguous()                                 # (S, k, m, m)
+        k, m = idx.shape[1:]
+        blocks = C.unflatten(1, (k, m)).unflatten(3, (k, m)).diagonal(dim1=1, dim2=3)  # (S, m, m, k)
+        return blocks.permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, G):
-        A, delta, cols, P = ctx.saved_tensors
-        m, n = ctx.m, ctx.n
+        A, delta, P = ctx.saved_tensors
+        n, u = ctx.n, ctx.u
         S, N, w = A.shape
         Sym = (G + G.transpose(-1, -2)).div_(N)
-        if cols is not None:  # the windows' blocks on the diagonal of the union's matrix, the selection folded in
-            k = ctx.k
-            GU = torch.zeros(S, w, w, dtype=Sym.dtype, device=Sym.device)
-            GU[:, :k * m, :k * m].unflatten(1, (k, m)).unflatten(3, (k, m)).diagonal(dim1=1, dim2=3).copy_(
-                Sym.permute(0, 2, 3, 1))
-            if P is None:
-                P = torch.zeros(S, w, n, dtype=A.dtype, device=A.device).scatter_(2, cols[:, :, None], 1.0)
-            Sym = torch.bmm(GU, P.to(GU.dtype))                                       # (S, w, n)
-        # dX = (A − 1δᵀ)·Sym, the rank-one term as the product's bias
-        bias = torch.bmm(delta, Sym).neg_().to(A.dtype)
-        return (None, None, *torch.baddbmm(bias, A, Sym.to(A.dtype)).unbind(0))
+        M = torch.zeros(S, w, u, dtype=Sym.dtype, device=Sym.device)   # gradient w.r.t. A's columns ...
+        if P is None:
+            M[:, :u] = Sym
+        else:  # the windows' blocks on the diagonal
+            k, m = Sym.shape[1:3]
+            M[:, :u].unflatten(1, (k, m)).unflatten(3, (k, m)).diagonal(dim1=1, dim2=3).copy_(Sym.permute(0, 2, 3, 1))
+        M[:, -1:] = -torch.bmm(delta, M[:, :u])                             # ... and the centring, on the ones
+        if P is not None:
+            M = torch.bmm(M, P[:, :u].to(M.dtype))                          # ... through the selection: (S, w, n)
+        return (None, *torch.bmm(A, M.to(A.dtype)).unbind(0))
 
 
 def covariance(X: torch.Tensor) -> torch.Tensor:
@@ -500,22 +506,17 @@ class SpatialCorrelationLoss:
         acts = [s.acts for s in g.sheets]
         S, n = len(acts), g.n
         if self.mode == "exact":
-            r = _corr_from_cov(_GroupCovariance.apply(None, n, *acts))          # (S, n, n)
+            r = _corr_from_cov(_GroupCovariance.apply(None, *acts))          # (S, n, n)
         else:
             table = g.device_table()
             pick = self._draw(table.shape[1], (S, self.k), table.device)
             idx = table[g.sheet_index[:, None], pick]                           # (S, k, m)
             k, m = idx.shape[1:]
             if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
-                r = _corr_from_cov(_GroupCovariance.apply(None, n, *acts))
+                r = _corr_from_cov(_GroupCovariance.apply(None, *acts))
                 r = r[g.sheet_index[:, None, None, None], idx[..., :, None], idx[..., None, :]]
             else:
-                # the windows side by side, padded to a multiple of 8 columns (tensor-core alignment: 3× faster
-                # products at 5 × 81) with copies of a unit, whose covariances are not used
-                c8 = -(-k * m // 8) * 8
-                cols = idx.view(S, k * m)
-                cols = torch.cat([cols, cols[:, :1].expand(S, c8 - k * m)], 1)
-                r = _corr_from_cov(_GroupCovariance.apply(cols, m, *acts))             # (S, k, m, m)
+                r = _corr_from_cov(_GroupCovariance.apply(idx, *acts))                 # (S, k, m, m)
         loss = _relative(r, g.Dc, g.sdd) if self.kind == "relative" else _absolute(r, g.D)
         return loss if self.mode == "exact" else loss.mean(-1)
 
