@@ -118,7 +118,7 @@ def test_cuda_float32_under_tf32_gathers_instead_of_rounding():
         got, _, want = run("cuda", torch.float32, "sampled", "relative")
     finally:
         torch.set_float32_matmul_precision(old)
-    assert got == pytest.approx(want, abs=1e-4)
+    assert got == pytest.approx(want, abs=1e-3)  # the covariance product itself runs in TF32
 
 
 @cuda

@@ -224,7 +224,7 @@ class _GroupCovariance(torch.autograd.Function):
         delta = CA[:, -1:, :u]                                                        # (S, 1, u) means
         C = CA[:, :u, :u] - delta.transpose(1, 2) * delta
         ctx.save_for_backward(A, delta, P)
-        ctx.n, ctx.u = n, u
+        ctx.u = u
         if idx is None:
             return C
         k, m = idx.shape[1:]
@@ -234,7 +234,7 @@ class _GroupCovariance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, G):
         A, delta, P = ctx.saved_tensors
-        n, u = ctx.n, ctx.u
+        u = ctx.u
         S, N, w = A.shape
         Sym = (G + G.transpose(-1, -2)).div_(N)
         M = torch.zeros(S, w, u, dtype=Sym.dtype, device=Sym.device)   # gradient w.r.t. A's columns ...
