@@ -119,3 +119,29 @@ def test_tensorboard_logging_is_optional(tmp_path):
         return
     run_recipe("independence", tmp_path, dict(SHORT, tensorboard=True), progress=False)
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def test_masked_fine_tune_follows_relocation():
+    """Pruned zeros are held at zero through swaps: the mask moves with the units (a mask fixed at the start
+    zeroed live weights after the first swap and broke the function)."""
+    from topotorch.experiments.bimt import Masks, build_model
+    torch.manual_seed(0)
+    model, graph = build_model(BIMTConfig(shape=[4, 8, 8, 2]))
+    with torch.no_grad():
+        for w in graph.weights:
+            w.weight.mul_((torch.rand_like(w.weight) > 0.5).float())
+    x = torch.randn(64, 4)
+    masks = Masks(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    zeros = sum(int((w.weight == 0).sum()) for w in graph.weights)
+    for step in range(3):
+        before = model(x)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        masks.before_step(step)
+        opt.step()
+        masks.after_step(step)
+        assert torch.allclose(model(x), before, atol=1e-6)
+        graph.permute(1, torch.randperm(8))   # a relocation between steps: function-preserving
+        assert torch.allclose(model(x), before, atol=1e-6)
+    assert sum(int((w.weight == 0).sum()) for w in graph.weights) == zeros

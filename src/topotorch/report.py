@@ -53,23 +53,27 @@ def _independence_measured(m):
 
 
 def _independence_holds(m):
-    return (m["test_loss"] <= 1e-2 and m["dependencies"] == [[0, 2], [1, 3]] and len(m["modules"]) == 2
-            and not extents_overlap(m["module_extents"]))
+    """Two disconnected modules with the right inputs at test MSE ≤ 1e-2. Where they sit is reported, not
+    required: the wiring cost does not prefer separate position ranges over nested ones (README)."""
+    return m["test_loss"] <= 1e-2 and m["dependencies"] == [[0, 2], [1, 3]] and len(m["modules"]) == 2
 
 
 def _independence_figures(m):
     return {"test MSE": m["test_loss"], "weights kept": m["params_kept"], "modules": len(m["modules"]),
-            "modularity Q": m["modularity_q"]}
+            "modularity Q": m["modularity_q"],
+            "separate ranges (fraction of seeds)": float(len(m["modules"]) == 2 and
+                                                          not extents_overlap(m["module_extents"]))}
 
 
 CLAIMS = [
     Claim("BIMT (seed 003)", "independence",
-          "test MSE 7.4e-3; pruned at 1e-2: two modules {x1,x3}→y1 and {x2,x4}→y2 in separate position ranges",
+          "test MSE 7.4e-3; pruned at 1e-2: two modules {x1,x3}→y1 and {x2,x4}→y2 (drawn in separate halves: "
+          "reported, not required)",
           _independence_measured, _independence_holds,
           "network.png", {}, {},
           figures=_independence_figures),
     Claim("BIMT, the seed's own procedure (seed 003)", "independence",
-          "the notebook's loop (no pruning/fine-tune): two modules {x1,x3}→y1 and {x2,x4}→y2 in separate ranges",
+          "the notebook's loop (no pruning/fine-tune): two modules {x1,x3}→y1 and {x2,x4}→y2",
           _independence_measured, _independence_holds,
           "network.png", {"procedure": "seed"}, {"procedure": "seed"}, run_as="independence-seed",
           figures=_independence_figures),
@@ -83,6 +87,11 @@ CLAIMS = [
     Claim("BIMT (seed 003)", "feature-sharing", "test MSE 8.5e-5; nested dependencies y1 ⊂ y2 ⊂ y3",
           lambda m: f"test MSE {m['test_loss']:.2e}; dependencies {m['dependencies']}",
           lambda m: m["test_loss"] <= 2e-4 and _nested(m["dependencies"]), "network.png", {}, {},
+          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}),
+    Claim("BIMT, the seed's own procedure (seed 003)", "feature-sharing", "test MSE 8.5e-5; nested dependencies",
+          lambda m: f"test MSE {m['test_loss']:.2e}; dependencies {m['dependencies']}",
+          lambda m: m["test_loss"] <= 2e-4 and _nested(m["dependencies"]), "network.png",
+          {"procedure": "seed"}, {"procedure": "seed"}, run_as="feature-sharing-seed", full_only=True,
           figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}),
     Claim("BIMT (seed 003)", "compositionality", "test MSE 1.3e-3",
           lambda m: f"test MSE {m['test_loss']:.2e}", lambda m: m["test_loss"] <= 3e-3, "network.png", {}, {},

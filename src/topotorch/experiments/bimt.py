@@ -80,6 +80,7 @@ class BIMTConfig:
     finetune_steps: int = 0
     prune_budget: float = 2.0
     finetune_lam: float = 1.0           # λ of the fine-tune as a multiple of the last scheduled λ
+    refit_steps: int = 0                # > 0: after the greedy cut, try each survivor with this many retraining steps
     final_sweep: bool = False
     procedure: Literal["configured", "seed"] = "configured"  # "seed": the notebook's procedure exactly (no
     # pruning, fine-tune or final sweep, whatever the keys above say); ablation variants always run it
@@ -110,8 +111,8 @@ class BIMTConfig:
         if len(self.shape) < 2 or self.shape[0] != d_in or self.shape[-1] != n_out:
             raise ValueError(f"shape {self.shape} does not fit task {self.task!r}: needs {d_in} inputs and "
                              f"{n_out} outputs")
-        if self.finetune_steps < 0 or self.prune_budget < 1:
-            raise ValueError("finetune_steps must be ≥ 0 and prune_budget ≥ 1")
+        if self.finetune_steps < 0 or self.prune_budget < 1 or self.refit_steps < 0:
+            raise ValueError("finetune_steps must be ≥ 0, prune_budget ≥ 1 and refit_steps ≥ 0")
         for k in ("steps", "swap_interval", "top_k", "log_interval", "checkpoint_interval", "threads"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be ≥ 1, got {getattr(self, k)}")
@@ -227,6 +228,10 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
                    evaluate=evaluate, log_every=cfg.log_interval, checkpoint_every=cfg.checkpoint_interval,
                    progress=progress, desc=f"{cfg.recipe}[{cfg.variant}] fine-tune")
         seconds += info["seconds"]
+        if cfg.refit_steps:
+            reference = extra["train_loss_before_prune"]
+            extra["refit_cut"] = prune_with_refit(graph, model, x, y, cfg.prune_budget * reference,
+                                                  cfg.refit_steps, cfg.lr, lossf)
     if cfg.final_sweep and swap_on and beyond:
         extra["wiring_cost_before_sweep"] = float(reloc_cost.value().detach())
         extra["wiring_cost_after_sweep"] = final_sweep(model, graph, reloc_cost)
@@ -269,6 +274,39 @@ def prune_for_budget(graph, model, x, y, start: float, budget: float, lossf=F.ms
             "train_loss_after_prune": lossf(model(x), y).item()}
 
 
+def prune_with_refit(graph, model, x, y, limit: float, steps: int, lr: float, lossf=F.mse_loss,
+                     generator: torch.Generator | None = None) -> int:
+    """Try each surviving weight, smallest first: zero it, retrain the rest for ``steps`` Adam steps (zeros
+    held at zero) and keep the cut if the train loss is then ≤ ``limit``, else restore. Catches paths that the
+    greedy cut keeps only because the rest of the network has not yet adapted to their absence. Returns the
+    number of weights cut."""
+    cut = 0
+    with torch.no_grad():
+        entries = sorted(((abs(float(w.weight[i])), k, i) for k, w in enumerate(graph.weights)
+                          for i in map(tuple, torch.nonzero(w.weight).tolist())), key=lambda e: e[0])
+    for _, k, idx in entries:
+        W = graph.weights[k].weight
+        if W[idx] == 0:
+            continue
+        saved = {n: v.clone() for n, v in model.state_dict().items()}
+        with torch.no_grad():
+            W[idx] = 0.0
+        masks = Masks(model)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            lossf(model(x), y).backward()
+            masks.before_step(0)
+            opt.step()
+            masks.after_step(0)
+        with torch.no_grad():
+            if lossf(model(x), y).item() <= limit:
+                cut += 1
+            else:
+                model.load_state_dict(saved)
+    return cut
+
+
 @torch.no_grad()
 def final_sweep(model, graph, cost, rounds: int = 50) -> float:
     """Lower the wiring cost by relocation from several starts and keep the cheapest placement.
@@ -305,19 +343,25 @@ def final_sweep(model, graph, cost, rounds: int = 50) -> float:
 
 
 class Masks(Callback):
-    """Holds the parameter entries that are zero now at zero: gradients masked, values re-zeroed after steps."""
+    """Holds the parameter entries that are zero at zero: gradients masked, values re-zeroed after steps.
+
+    The mask is read from the parameters before every step (zeros stay exactly zero in between), so it
+    follows the permutations of relocation, which move zeros with their units; a mask fixed at the start
+    would, after a swap, zero live weights and break the function."""
 
     def __init__(self, model):
-        self.items = [(p, p.detach() != 0) for p in model.parameters() if p.is_floating_point()]
+        self.params = [p for p in model.parameters() if p.is_floating_point()]
+        self.masks: list = []
 
     def before_step(self, step: int) -> None:
-        for p, m in self.items:
+        self.masks = [p.detach() != 0 for p in self.params]
+        for p, m in zip(self.params, self.masks):
             if p.grad is not None:
                 p.grad.mul_(m)
 
     def after_step(self, step: int) -> None:
         with torch.no_grad():
-            for p, m in self.items:
+            for p, m in zip(self.params, self.masks):
                 p.mul_(m)
 
 
