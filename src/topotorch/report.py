@@ -48,8 +48,9 @@ def _nested(deps):
 
 
 def _independence_measured(m):
-    return (f"test MSE {m['test_loss']:.2e}; {m['params_kept']}/{m['params_total']} weights kept; modules {_mods(m)}; "
-            f"ranges {'separate' if not extents_overlap(m['module_extents']) else 'overlap'}")
+    where = ("" if len(m["modules"]) < 2 else
+             f"; ranges {'separate' if not extents_overlap(m['module_extents']) else 'overlap'}")
+    return f"test MSE {m['test_loss']:.2e}; {m['params_kept']}/{m['params_total']} weights kept; modules {_mods(m)}{where}"
 
 
 def _independence_holds(m):
