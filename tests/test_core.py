@@ -275,18 +275,19 @@ def test_second_forward_pass_before_the_loss_raises():
     assert torch.isfinite(topo())
 
 
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
 @pytest.mark.parametrize("order", ["compile-then-attach", "attach-then-compile"])
-def test_spatial_loss_with_torch_compile_in_either_order(order):
+def test_spatial_loss_with_torch_compile_in_either_order(order, backend):
     torch._dynamo.reset()
     model = TupleNet()
     x = torch.randn(8, 5, 16)
     if order == "compile-then-attach":
-        cm = torch.compile(model, backend="eager")
+        cm = torch.compile(model, backend=backend)
         cm(x)  # compiled before the hooks exist
         topo = tt.attach(cm, ["blocks.0", "blocks.1"], example_input=x[:1])
     else:
         topo = tt.attach(model, ["blocks.0", "blocks.1"], example_input=x[:1])
-        cm = torch.compile(model, backend="eager")
+        cm = torch.compile(model, backend=backend)
     ref = TupleNet()
     sl = SpatialCorrelationLoss({"blocks.0": L.grid(4, 4, spacing=1), "blocks.1": L.grid(4, 4, spacing=1)},
                                 model=ref)
