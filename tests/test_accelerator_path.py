@@ -7,22 +7,9 @@ from torch import nn
 
 from topotorch import layout as L
 from topotorch.costs import SpatialCorrelationLoss
+from test_correlation_loss import numpy_loss as direct  # the definition in float64
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def direct(X, coords, kind):
-    """½(1 − Pearson(r, 1/(1+d))) over the lower triangle (or mean |r − D|), float64, zero-variance r = 0."""
-    X = X - X.mean(0)
-    sd = np.sqrt((X ** 2).mean(0))
-    Z = np.divide(X, sd, out=np.zeros_like(X), where=sd > 0)
-    r = Z.T @ Z / len(X)
-    d = np.sqrt(((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1))
-    D = 1 / (1 + d)
-    i, j = np.tril_indices(len(coords), -1)
-    if kind == "absolute":
-        return np.abs(r[i, j] - D[i, j]).mean()
-    return 0.5 * (1 - np.corrcoef(r[i, j], D[i, j])[0, 1])
 
 
 def run(device, dtype, mode, kind, mean=0.0, seed=0, batched=True):

@@ -8,8 +8,12 @@ from topotorch.costs import SpatialCorrelationLoss, correlation_matrix, inverse_
 
 
 def numpy_loss(X, coords, kind):
-    """The definition, directly: Pearson r between units, D = 1/(1+d), over the lower triangle."""
-    r = np.corrcoef(X.T)
+    """The definition, directly: Pearson r between units (0 for a unit without variance), D = 1/(1+d), over
+    the lower triangle; float64."""
+    X = X - X.mean(0)
+    sd = np.sqrt((X ** 2).mean(0))
+    Z = np.divide(X, sd, out=np.zeros_like(X), where=sd > 0)
+    r = Z.T @ Z / len(X)
     d = np.sqrt(((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1))
     D = 1 / (1 + d)
     i, j = np.tril_indices(len(coords), -1)

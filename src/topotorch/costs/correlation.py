@@ -9,8 +9,10 @@ For a sheet of ``n`` units with activations ``X (samples × n)`` (for sequences 
 ``exact`` mode uses the whole sheet: ``r = ZᵀZ/N`` and the correlation between the lower triangles needs only
 Σr, Σr², ΣD, ΣD², ΣrD (D's sums are constants), so no pair list is ever built. ``sampled`` mode averages the
 loss over ``k`` square neighbourhoods (sup-norm windows of a radius), batched when the sheet is a grid.
-Units with zero variance get correlation 0 (their standardised activity is 0), never NaN. Everything is
-computed in float32 with autocast off.
+Units with zero variance get correlation 0 (their standardised activity is 0), never NaN. Correlations and the
+loss are computed in float32 with autocast off. On CPU the activations are cast to float32 first; on an
+accelerator (:class:`_GroupCovariance`) the needed columns are copied in the activations' own dtype (bf16 under
+autocast) and multiplied with float32 accumulation, which keeps the loss within 1e-5 of the float64 definition.
 """
 from __future__ import annotations
 
@@ -399,7 +401,9 @@ class SpatialCorrelationLoss:
         mode: ``"exact"`` (whole sheet) or ``"sampled"`` (``neighbourhoods`` windows of sup-norm ``radius``
             per sheet per call, as TopoLM).
         kind: ``"relative"`` or ``"absolute"``.
-        generator: the window sampler's generator (checkpoint :attr:`generator` to resume exactly).
+        generator: the window sampler's generator (checkpoint :attr:`generator` to resume exactly). A CPU
+            generator (the default) draws the same windows on every device; one on the activations' device
+            draws there.
         capture: when forward passes are recorded: ``"grad"`` (only with autograd on, the default, so that
             evaluation under ``no_grad`` costs nothing) or ``"always"``.
         model: the model the sheets belong to; names sheets by path. A compiled model
