@@ -66,6 +66,18 @@ def _independence_figures(m):
                                                           not extents_overlap(m["module_extents"]))}
 
 
+def _sharing_measured(m):
+    return f"test MSE {m['test_loss']:.2e}; dependencies {m['dependencies']}"
+
+
+def _sharing_holds(m):
+    return m["test_loss"] <= 2e-4 and _nested(m["dependencies"])
+
+
+def _mse_figures(m):
+    return {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}
+
+
 CLAIMS = [
     Claim("BIMT (seed 003)", "independence",
           "test MSE 7.4e-3; pruned at 1e-2: two modules {x1,x3}→y1 and {x2,x4}→y2 (drawn in separate halves: "
@@ -86,22 +98,18 @@ CLAIMS = [
           run_as="independence-none",
           figures=lambda m: {"weights kept": m["params_kept"], "modules": len(m["modules"])}),
     Claim("BIMT (seed 003)", "feature-sharing", "test MSE 8.5e-5; nested dependencies y1 ⊂ y2 ⊂ y3",
-          lambda m: f"test MSE {m['test_loss']:.2e}; dependencies {m['dependencies']}",
-          lambda m: m["test_loss"] <= 2e-4 and _nested(m["dependencies"]), "network.png", {}, {},
-          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}),
+          _sharing_measured, _sharing_holds, "network.png", {}, {}, figures=_mse_figures),
     Claim("BIMT, the seed's own procedure (seed 003)", "feature-sharing", "test MSE 8.5e-5; nested dependencies",
-          lambda m: f"test MSE {m['test_loss']:.2e}; dependencies {m['dependencies']}",
-          lambda m: m["test_loss"] <= 2e-4 and _nested(m["dependencies"]), "network.png",
-          {"procedure": "seed"}, {"procedure": "seed"}, run_as="feature-sharing-seed", full_only=True,
-          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}),
+          _sharing_measured, _sharing_holds, "network.png", {"procedure": "seed"}, {"procedure": "seed"},
+          run_as="feature-sharing-seed", full_only=True, figures=_mse_figures),
     Claim("BIMT (seed 003)", "compositionality", "test MSE 1.3e-3",
           lambda m: f"test MSE {m['test_loss']:.2e}", lambda m: m["test_loss"] <= 3e-3, "network.png", {}, {},
-          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}),
+          figures=_mse_figures),
     Claim("BIMT, the seed's own schedule (seed 003)", "compositionality", "test MSE 1.3e-3 (λ ×3 from ¼ of training)",
           lambda m: f"test MSE {m['test_loss']:.2e}", lambda m: m["test_loss"] <= 3e-3, "network.png",
           {"lam_schedule": [[0.25, 3.0], [0.75, 1.0]]}, {"lam_schedule": [[0.25, 3.0], [0.75, 1.0]]},
           run_as="compositionality-seed",
-          figures=lambda m: {"test MSE": m["test_loss"], "weights kept": m["params_kept"]}),
+          figures=_mse_figures),
     Claim("BIMT two-moon", "two-moon", "accuracy ≈ 0.99; after pruning at 1e-2 a sparse, modular network",
           lambda m: f"test accuracy {m['test_accuracy_pruned']:.3f} pruned; {m['params_kept']}/{m['params_total']} "
                     f"weights kept; Q {m['modularity_q']:.2f}",

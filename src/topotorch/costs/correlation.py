@@ -368,15 +368,8 @@ class _Group:
             s0 = sheets[0]
             self.D, self.Dc, self.sdd = s0.Dw.to(device), s0.Dcw.to(device), s0.sddw.to(device)
             self.table = torch.stack([s.windows for s in sheets])  # (S, windows, m), CPU
-        self.device = device
+            self.device_table = self.table.to(device)               # the accelerator path's copy
         self.sheet_index = torch.arange(len(sheets), device=device)
-        self._device_table = None
-
-    def device_table(self) -> torch.Tensor:
-        """The window table on the activations' device (copied once)."""
-        if self._device_table is None:
-            self._device_table = self.table.to(self.device)
-        return self._device_table
 
 
 class SpatialCorrelationLoss:
@@ -513,7 +506,7 @@ class SpatialCorrelationLoss:
         if self.mode == "exact":
             r = _corr_from_cov(_GroupCovariance.apply(None, *acts))          # (S, n, n)
         else:
-            table = g.device_table()
+            table = g.device_table
             pick = self._draw(table.shape[1], (S, self.k), table.device)
             idx = table[g.sheet_index[:, None], pick]                           # (S, k, m)
             k, m = idx.shape[1:]

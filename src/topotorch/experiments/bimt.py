@@ -274,8 +274,7 @@ def prune_for_budget(graph, model, x, y, start: float, budget: float, lossf=F.ms
             "train_loss_after_prune": lossf(model(x), y).item()}
 
 
-def prune_with_refit(graph, model, x, y, limit: float, steps: int, lr: float, lossf=F.mse_loss,
-                     generator: torch.Generator | None = None) -> int:
+def prune_with_refit(graph, model, x, y, limit: float, steps: int, lr: float, lossf=F.mse_loss) -> int:
     """Try each surviving weight, smallest first: zero it, retrain the rest for ``steps`` Adam steps (zeros
     held at zero) and keep the cut if the train loss is then ≤ ``limit``, else restore. Catches paths that the
     greedy cut keeps only because the rest of the network has not yet adapted to their absence. Returns the
