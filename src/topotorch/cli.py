@@ -52,58 +52,121 @@ def _cmd_workflow(args) -> int:
     return 0
 
 
-def _lm_arms(run):
-    """A topolm run directory and the names of its trained arms (a clear error when there is none)."""
-    from pathlib import Path
-    run = Path(run)
-    arms = [a.name for a in sorted(run.iterdir()) if (a / "model.safetensors").is_file()] if run.is_dir() else []
-    if not arms:
-        raise FileNotFoundError(f"{run}: no arm with a model.safetensors — not a trained topolm run directory")
-    return run, arms
+def _language_run(run):
+    """The subjects of a run directory, which must hold a language model (a clear error otherwise)."""
+    from . import experiments  # noqa: F401  (recipes register their run loaders)
+    from .probe.load import load_subjects
+    subs = load_subjects(str(run))
+    if not all(s.language for s in subs):
+        raise ValueError(f"{run}: not a language-model run (use topotorch probe for image models)")
+    return subs
 
 
 def _cmd_blimp(args) -> int:
+    """``topotorch blimp RUN``: ``topotorch probe RUN --blimp`` for every arm, written as ``RUN/blimp.json``."""
+    from pathlib import Path
+
     from .data import blimp
-    from .experiments.topolm import blimp_accuracy, load_arm
     from .io import write_json
-    run, arms = _lm_arms(args.run)
+    from .probe.run import Protocol, language_report
+    subs = _language_run(args.run)
     pairs = blimp(args.source, args.phenomena.split(",") if args.phenomena else None)
     res = {}
-    for arm in arms:
-        cfg, model, _, _ = load_arm(run, arm)
-        res[arm] = blimp_accuracy(model, model.config.vocab_size, cfg.block_size, pairs)
-        print(f"{arm}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[arm].items()))
-    write_json(run / "blimp.json", {"source": str(args.source), "accuracy": res})
-    print(f"wrote {run / 'blimp.json'}")
+    for sub in subs:
+        res[sub.name] = language_report(sub, Protocol(blimp=pairs))["blimp"]
+        print(f"{sub.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[sub.name].items()))
+    write_json(Path(args.run) / "blimp.json", {"source": str(args.source), "accuracy": res})
+    print(f"wrote {Path(args.run) / 'blimp.json'}")
     return 0
 
 
 def _cmd_stimuli(args) -> int:
+    """``topotorch stimuli RUN``: ``topotorch probe RUN --stimuli`` for every arm, written as ``stimuli.json``."""
     from pathlib import Path
 
     from .data import stimulus_table
-    from .experiments.topolm import load_arm, plot_maps, stimulus_contrast
     from .io import write_json
-    run, arms = _lm_arms(args.run)
+    from .probe.plots import plot_maps
+    from .probe.run import Protocol, language_report
     if args.contrast.count("-") != 1:
         raise ValueError(f"--contrast is A-B (two condition values), got {args.contrast!r}")
-    a, b = args.contrast.split("-")
+    subs = _language_run(args.run)
     path = stimulus_table(args.file)
-    out = Path(args.out) if args.out else run / "stimuli"
+    proto = Protocol(stimuli=[(path, args.text, args.condition, args.contrast)], fwhm=args.smooth or None,
+                     permutations=args.permutations)
+    res = {sub.name: language_report(sub, proto)["stimuli"][args.contrast] for sub in subs}
+    for arm, r in res.items():
+        print(f"{arm}: Moran's I {r['morans_i']:.3f} (shuffled {r['morans_i_null']:.3f}, p {r['p_value']:.3f}), "
+              f"smoothed {_num(r['morans_i_smoothed'])} (shuffled {_num(r['morans_i_smoothed_null'])}), "
+              f"{r['significant_units']:.1f} significant units per sheet")
+    out = Path(args.out) if args.out else Path(args.run) / "stimuli"
     out.mkdir(parents=True, exist_ok=True)
-    res, layouts = {}, {}
-    for arm in arms:
-        cfg, model, positions, vocab = load_arm(run, arm)
-        res[arm] = stimulus_contrast(model, dict(model.sheets(cfg.sheets)), positions, path, args.text, args.condition,
-                                     a, b, vocab, cfg.block_size, args.smooth, seed=cfg.seed)
-        layouts[arm] = positions
-        print(f"{arm}: Moran's I {res[arm]['morans_i']:.3f} (shuffled {res[arm]['morans_i_null']:.3f}), smoothed "
-              f"{res[arm]['morans_i_smoothed']:.3f} (shuffled {res[arm]['morans_i_smoothed_null']:.3f}), "
-              f"{res[arm]['significant_units']:.1f} significant units per sheet")
-    plot_maps(res, layouts, out / f"tmaps_{a}-{b}.png", title=f"{Path(path).name}: {a} − {b} Welch t")
+    lays = {s.name: {sh.name: sh.layout for sh in s.sheets} for s in subs}
+    plot_maps({arm: {n: (v["t_map"], lays[arm][n], f"Moran's I {v['morans_i']:.2f}") for n, v in r["sheets"].items()}
+               for arm, r in res.items()}, out / f"tmaps_{args.contrast}.png",
+              f"{Path(path).name}: {args.contrast} Welch t")
     write_json(out / "stimuli.json", {"file": str(path), "text": args.text, "condition": args.condition,
                                       "contrast": args.contrast, "fwhm": args.smooth, "arms": res})
     print(f"wrote {out / 'stimuli.json'}")
+    return 0
+
+
+def _num(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _shape(text):
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"--input-shape is C,H,W (three positive integers), got {text!r}")
+    return shape
+
+
+def _cmd_probe(args) -> int:
+    """``topotorch probe MODEL``: see ``topotorch probe --help``."""
+    from pathlib import Path
+
+    from . import experiments  # noqa: F401  (recipes register their run loaders)
+    from .data import blimp, stimulus_table
+    from .probe.load import load_subjects
+    from .probe.run import Protocol, probe
+    if args.stimuli and not (args.text and args.condition and args.contrast):
+        raise ValueError("--stimuli needs --text COL, --condition COL and --contrast A-B")
+    if args.contrast and (args.contrast.count("-") != 1 or not all(args.contrast.split("-"))):
+        raise ValueError(f"--contrast is A-B (two condition values), got {args.contrast!r}")
+    if args.permutations < 1:
+        raise ValueError(f"--permutations must be ≥ 1, got {args.permutations}")
+    shape = _shape(args.input_shape)
+    subs = load_subjects(args.model, "model", args.sheets, args.layout, args.units, args.tokenizer, shape)
+    if args.control:
+        ctrl = load_subjects(args.control, "control", args.sheets, args.layout, args.units, args.tokenizer, shape,
+                             reference=subs[0].sheets)
+        subs = [subs[0], ctrl[-1]]  # a two-arm run given as control: its control arm
+    proto = Protocol(stimuli=[(stimulus_table(args.stimuli), args.text, args.condition, args.contrast)] if args.stimuli else [],
+                     blimp=blimp(args.blimp, args.phenomena.split(",") if args.phenomena else None) if args.blimp else None,
+                     gratings=args.gratings, categories=args.categories, per_category=args.per_category,
+                     fwhm=args.smooth or None, permutations=args.permutations, seed=args.seed)
+    out = Path(args.out)
+    doc = probe(subs, proto, out)
+    for m, r in doc["results"].items():
+        for con, c in r.get("stimuli", {}).items():
+            print(f"{m} {con}: Moran's I {c['morans_i']:.3f} (null {c['morans_i_null']:.3f}, p {c['p_value']:.4f}); "
+                  f"smoothed {_num(c['morans_i_smoothed'])} (null {_num(c['morans_i_smoothed_null'])})")
+        if "blimp" in r:
+            print(f"{m} BLiMP: mean {r['blimp']['mean']:.3f}")
+        if "gratings" in r:
+            g = r["gratings"]
+            print(f"{m} gratings: OSI {_num(g['osi'])}, pinwheels/Λ² {_num(g['pinwheel_density'])}, orientation "
+                  f"smoothness {_num(g['orientation_smoothness'])}")
+        for cat, c in r.get("categories", {}).get("by_category", {}).items():
+            print(f"{m} category {cat}: Moran's I {c['morans_i']:.3f} (null {c['morans_i_null']:.3f}, p "
+                  f"{c['p_value']:.4f}), {c['patches']:.1f} patches per sheet")
+    print(f"wrote {out / 'probe.json'}, {out / 'probe.html'}")
     return 0
 
 
@@ -150,7 +213,7 @@ def main(argv=None) -> int:
     rp.add_argument("--data", help="a folder of real data (a .txt corpus, stimuli/, blimp/, mnist-t10k/): adds "
                                    "the claims measured on it, e.g. --data ../shared/data")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
-    b = sub.add_parser("blimp", help="BLiMP minimal-pair accuracy of every arm of a byte-level topolm run")
+    b = sub.add_parser("blimp", help="BLiMP minimal-pair accuracy of every arm of a topolm run (= probe --blimp)")
     b.add_argument("run", help="topolm run directory (trained with --set data=FILE)")
     b.add_argument("--source", default="nyu-mll/blimp", help="folder of BLiMP .jsonl files, or the hub dataset")
     b.add_argument("--phenomena", help="comma-separated phenomena (default: every file in the folder)")
@@ -162,7 +225,7 @@ def main(argv=None) -> int:
     sw.add_argument("--strength", help="the grid key whose 0 is the control (default: the first swept key)")
     sw.add_argument("--out", help="sweep directory (default sweeps/RECIPE); rerun to continue an interrupted sweep")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
-    st = sub.add_parser("stimuli", help="probe every arm of a topolm run with a stimulus table (TopoLM's protocol)")
+    st = sub.add_parser("stimuli", help="every arm of a topolm run on a stimulus table (= probe --stimuli)")
     st.add_argument("run", help="topolm run directory")
     st.add_argument("--file", required=True, help="CSV table, or fedorenko / elli (TopoLM's, downloaded and cached)")
     st.add_argument("--text", required=True, help="column holding the stimulus text")
@@ -170,6 +233,33 @@ def main(argv=None) -> int:
     st.add_argument("--contrast", required=True, help="A-B: the two conditions compared (e.g. S-N, noun-verb)")
     st.add_argument("--smooth", type=float, default=2.0, help="Gaussian FWHM in cells (TopoLM: 2; 0: none)")
     st.add_argument("--out", help="output directory (default RUN/stimuli)")
+    st.add_argument("--permutations", type=int, default=999, help="shuffled-position permutations per map")
+    pr = sub.add_parser("probe", help="measure topography on any model: language stimuli and BLiMP, or gratings "
+                                      "(orientation maps, pinwheels) and category selectivity, vs shuffled positions")
+    pr.add_argument("model", help="a run directory of ours, a HuggingFace model folder, or module:function (also "
+                                  "file.py:function) returning (model, topography[, info dict])")
+    pr.add_argument("--out", required=True, help="output directory: probe.json, maps (PNG), probe.html")
+    pr.add_argument("--control", help="a control model (same forms as MODEL), probed side by side; without positions "
+                                      "of its own it gets the model's")
+    pr.add_argument("--sheets", nargs="+", metavar="PATTERN", help="module paths or globs to read on a model that "
+                                                                   "carries no positions (default: the saved ones)")
+    pr.add_argument("--layout", default="grid", choices=["grid", "retinotopic"], help="positions for --sheets")
+    pr.add_argument("--units", default="channels", choices=["channels", "locations"],
+                    help="units of conv sheets named by --sheets (locations: TDANN's retinotopic units)")
+    pr.add_argument("--stimuli", help="CSV stimulus table (or fedorenko / elli: TopoLM's, downloaded and cached)")
+    pr.add_argument("--text", help="column holding the stimulus text")
+    pr.add_argument("--condition", help="column holding the condition")
+    pr.add_argument("--contrast", help="A-B: the two conditions compared (e.g. S-N, noun-verb)")
+    pr.add_argument("--smooth", type=float, default=2.0, help="Gaussian FWHM in cells for the smoothed maps (0: none)")
+    pr.add_argument("--blimp", help="folder of BLiMP .jsonl files (or the hub dataset nyu-mll/blimp)")
+    pr.add_argument("--phenomena", help="comma-separated BLiMP phenomena (default: all in the folder)")
+    pr.add_argument("--tokenizer", help="bytes | byt5 | a tokenizer folder (default: the one saved with the model)")
+    pr.add_argument("--gratings", action="store_true", help="orientation maps, OSI, pinwheel density from sine gratings")
+    pr.add_argument("--categories", help="category selectivity: lfw | digits | mnist:DIR | a folder of category folders")
+    pr.add_argument("--per-category", type=int, default=100, help="images per category (default 100)")
+    pr.add_argument("--input-shape", help="C,H,W of an image model's input (our runs know it)")
+    pr.add_argument("--permutations", type=int, default=999, help="shuffled-position permutations per map (default 999)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the permutations and samples")
     for name, text in (("record", "per-task mean |activation| and variance of every neuron of a run"),
                        ("plot", "neuron positions coloured by task preference; per-task specificity maps"),
                        ("split", "assign neurons to tasks and write one task-specific model per task"),
@@ -182,9 +272,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         handler = {"run": _cmd_run, "reproduce": _cmd_reproduce, "blimp": _cmd_blimp, "stimuli": _cmd_stimuli,
+                   "probe": _cmd_probe,
                    "sweep": _cmd_sweep}.get(args.cmd, _cmd_workflow)
         rc = handler(args)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError, ImportError) as e:
+    except (ConfigError, CheckpointError, ValueError, OSError, ImportError) as e:
         print(f"topotorch: error: {_one_line(e)}", file=sys.stderr)
         rc = 2
     except RuntimeError as e:  # e.g. TrainingDiverged

@@ -181,44 +181,10 @@ def add_blocks(g: NeuronGraph, s: int, blocks, norms=(), hidden=None) -> None:
 
 @torch.no_grad()
 def sequence_logprob(model: nn.Module, sequences, block_size: int, context: Sequence[int] = (), batch: int = 64) -> torch.Tensor:
-    """Total log-probability (nats) of each token sequence under a causal LM whose ``model(idx)`` returns the
-    logits ``(B, T, vocab)`` (or a tuple starting with them). Every token of a sequence is scored given the
-    ``context`` tokens (e.g. a newline for a byte-level model) and the sequence's earlier tokens; sequences
-    longer than the model's window are scored with windows of ``block_size`` that overlap by half.
-    Returns ``(len(sequences),)`` float64."""
+    """Total log-probability (nats) of each token sequence under a causal LM given ``context`` tokens (e.g. a
+    newline for a byte-level model), windows of ``block_size`` overlapping by half for long sequences;
+    ``(len(sequences),)`` float64. The one implementation is :func:`topotorch.probe.language.sequence_logprob`."""
+    from .probe.language import LM, sequence_logprob as _score
     if block_size < 2:
         raise ValueError(f"block_size must be ≥ 2, got {block_size}")
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    out = torch.zeros(len(sequences), dtype=torch.float64)
-    full = [list(context) + [int(t) for t in s] for s in sequences]
-    first = len(context)  # index of the first scored token
-    if first < 1:
-        raise ValueError("give at least one context token (the first token has nothing to be predicted from)")
-    # (sequence, window start, first position scored in that window): each scored position exactly once
-    jobs = []
-    for i, s in enumerate(full):
-        d = first
-        while d < len(s):
-            e = min(len(s), d + (block_size if d == first else block_size // 2))
-            s0 = max(0, e - 1 - block_size)  # the window's input is s[s0 : e-1], at most block_size tokens
-            jobs.append((i, s0, d, e))
-            d = e
-    try:
-        for k in range(0, len(jobs), batch):
-            chunk = jobs[k:k + batch]
-            T = max(e - s0 - 1 for _, s0, _, e in chunk)
-            idx = torch.zeros(len(chunk), T, dtype=torch.long)
-            for r, (i, s0, _, e) in enumerate(chunk):
-                idx[r, :e - s0 - 1] = torch.tensor(full[i][s0:e - 1])
-            res = model(idx.to(device))
-            logits = res[0] if isinstance(res, (tuple, list)) else res
-            logp = torch.log_softmax(logits.double(), -1).cpu()
-            for r, (i, s0, d, e) in enumerate(chunk):
-                pos = torch.arange(d, e)  # predicted tokens; predicted from position p - 1 of the window
-                tgt = torch.tensor([full[i][p] for p in pos.tolist()])
-                out[i] += logp[r, pos - 1 - s0, tgt].sum()
-    finally:
-        model.train(was)
-    return out
+    return _score(LM(model, None, block_size, bos=list(context)), sequences, batch=batch)

@@ -109,3 +109,61 @@ def record(modules: Mapping[str, nn.Module] | Sequence[nn.Module], units: str | 
     finally:
         for h in handles:
             h.remove()
+
+
+def _mean_rest(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(2).mean(-1) if t.dim() > 2 else t
+
+
+REDUCE = {
+    "features": lambda t: t.reshape(t.shape[0], -1, t.shape[-1]).mean(1) if t.dim() > 2 else t,
+    "channels": _mean_rest,          # a channel's response to an input: its mean over locations
+    "locations": lambda t: t.flatten(1),
+}
+
+
+@torch.no_grad()
+def responses(model: nn.Module, modules: Mapping[str, nn.Module], batches, units: str | Mapping[str, str] = "features",
+              reduce=None) -> dict[str, torch.Tensor]:
+    """Each module's response to every input, ``{name: (inputs, units) float32 on the CPU}``.
+
+    ``batches`` is an iterable of model inputs (a tensor, a tuple of arguments or a dict of keyword arguments),
+    each moved to the model's device. One row per input: ``units`` says how a module's output becomes units
+    (``"features"``: the last dimension, averaged over any token/location dimensions; ``"channels"``: averaged
+    over locations; ``"locations"``: every channel × location); ``reduce(name, output, batch_index)`` replaces
+    that (e.g. a masked mean over tokens). Runs in eval mode under ``no_grad`` and restores the mode, also
+    when the forward raises; the model is not changed."""
+    mods = dict(modules)
+    kinds = {n: (units[n] if isinstance(units, Mapping) else units) for n in mods}
+    for n, k in kinds.items():
+        if k not in UNITS:
+            raise ValueError(f"units of {n} must be one of {UNITS}, got {k!r}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    out: dict[str, list] = {n: [] for n in mods}
+    was = model.training
+    model.eval()
+    try:
+        with record(mods, None) as got:
+            for b, inp in enumerate(batches):
+                for v in got.values():
+                    v.clear()
+                if isinstance(inp, Mapping):
+                    model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inp.items()})
+                elif isinstance(inp, tuple):
+                    model(*[v.to(device) if isinstance(v, torch.Tensor) else v for v in inp])
+                else:
+                    model(inp.to(device))
+                for n in mods:
+                    if len(got[n]) != 1:
+                        raise ValueError(f"{n} ran {len(got[n])} times in one forward pass; probe a module that "
+                                         "runs once per input")
+                    t = got[n][0]
+                    r = reduce(n, t, b) if reduce is not None else REDUCE[kinds[n]](t)
+                    out[n].append(r.float().cpu())
+    finally:
+        model.train(was)
+    return {n: torch.cat(v) if v else torch.empty(0) for n, v in out.items()}
+
+
+__all__ += ["responses"]

@@ -268,74 +268,43 @@ __all__ += ["spatial_variance"]
 
 # ---- topographic maps ----------------------------------------------------------------------------
 
+# One implementation of each map statistic: topotorch.probe.stats (sparse, any layout).
+
 def welch_t(a, b) -> tuple[np.ndarray, np.ndarray]:
-    """Per-unit Welch t statistic and two-sided p of condition ``a (N_a, n)`` vs ``b (N_b, n)``."""
-    from scipy import stats
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"conditions must be (samples, units) with equal units, got {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("each condition needs at least two samples")
-    t, p = stats.ttest_ind(a, b, axis=0, equal_var=False)
-    return np.nan_to_num(t), np.nan_to_num(p, nan=1.0)
+    """Per-unit Welch t and two-sided p of ``a (N_a, n)`` vs ``b (N_b, n)`` (:func:`topotorch.probe.stats.welch_t`)."""
+    from .probe.stats import welch_t as f
+    return f(a, b)
 
 
 def fdr(p, q: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Benjamini–Hochberg: adjusted p-values and the mask of discoveries at level ``q``."""
-    from scipy import stats
-    adj = stats.false_discovery_control(np.asarray(p, dtype=np.float64), method="bh")
-    return adj, adj < q
+    from .probe.stats import fdr as f
+    return f(p, q)
 
 
 def _coords(layout_or_coords) -> np.ndarray:
-    c = getattr(layout_or_coords, "unit_coords", layout_or_coords)
-    return np.asarray(c, dtype=np.float64)
+    from .probe.stats import coords_of
+    return coords_of(layout_or_coords)
 
 
 def morans_i(values, layout_or_coords, spacing: float = 1.0) -> float:
-    """Moran's I of a map with queen contiguity (units within one cell in every coordinate) and
-    row-standardised weights, as PySAL's esda computes it: I = (n/S0) · zᵀWz / zᵀz."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    c = _coords(layout_or_coords)
-    if len(x) != len(c):
-        raise ValueError(f"{len(x)} values for {len(c)} positions")
-    W = (np.abs(c[:, None, :] - c[None, :, :]).max(-1) <= spacing * (1 + 1e-9)).astype(np.float64)
-    np.fill_diagonal(W, 0.0)
-    rows = W.sum(1, keepdims=True)
-    W = np.divide(W, rows, out=np.zeros_like(W), where=rows > 0)
-    z = x - x.mean()
-    den = (z * z).sum()
-    if den == 0:
-        return 0.0
-    return float(len(x) / W.sum() * (z @ W @ z) / den)
+    """Moran's I with queen contiguity (units within ``spacing`` in every coordinate) and row-standardised
+    weights, as PySAL's esda computes it (:func:`topotorch.probe.stats.morans_i`)."""
+    from .probe.stats import morans_i as f
+    return f(values, layout_or_coords, radius=spacing)
 
 
 def smooth_map(values, layout_or_coords, fwhm: float) -> np.ndarray:
-    """A map on a grid of unit cells (integer coordinates) smoothed by a Gaussian of ``fwhm`` cells (TopoLM
-    used 2), edges by renormalised convolution; returned per unit, in the units' order."""
-    from scipy.ndimage import gaussian_filter
-    x = np.asarray(values, dtype=np.float64).ravel()
-    c = np.rint(_coords(layout_or_coords)).astype(int)
-    if len(x) != len(c) or c.shape[1] != 2:
-        raise ValueError("smooth_map needs one value per unit of a 2D grid layout")
-    c -= c.min(0)
-    img, mask = np.zeros(c.max(0)[::-1] + 1), np.zeros(c.max(0)[::-1] + 1)
-    img[c[:, 1], c[:, 0]], mask[c[:, 1], c[:, 0]] = x, 1.0
-    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
-    sm = gaussian_filter(img, sigma, mode="constant") / np.maximum(gaussian_filter(mask, sigma, mode="constant"), 1e-12)
-    return sm[c[:, 1], c[:, 0]]
+    """A map smoothed by a Gaussian of ``fwhm`` cells (:func:`topotorch.probe.stats.smooth_map`)."""
+    from .probe.stats import smooth_map as f
+    return f(values, layout_or_coords, fwhm)
 
 
 def morans_i_null(values, layout_or_coords, shuffles: int = 100, seed: int = 0, fwhm: float | None = None) -> float:
-    """Mean Moran's I of the same values on shuffled positions (smoothed after shuffling when ``fwhm`` is
-    given): the level that smoothing alone, or chance, produces."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    rs = np.random.RandomState(seed)
-    out = []
-    for _ in range(shuffles):
-        v = x[rs.permutation(len(x))]
-        out.append(morans_i(smooth_map(v, layout_or_coords, fwhm) if fwhm else v, layout_or_coords))
-    return float(np.mean(out))
+    """Mean Moran's I of the same values on shuffled positions (smoothed after shuffling with ``fwhm``); the
+    permutation p-value and spread are in :func:`topotorch.probe.stats.morans_i_test`."""
+    from .probe.stats import morans_i_test
+    return morans_i_test(values, layout_or_coords, shuffles, seed, fwhm=fwhm)["null_mean"]
 
 
 def correlation_vs_distance(acts, layout_or_coords, bins: int = 12) -> dict:

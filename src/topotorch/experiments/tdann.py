@@ -4,6 +4,7 @@ with the same initial weights and positions."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import matplotlib.pyplot as plt
@@ -17,6 +18,10 @@ from ..data import load_dataset
 from ..hooks import record
 from ..io import save_model, write_json
 from ..plot import read_log
+from ..probe.plots import plot_maps
+from ..probe.run import Protocol, Subject, vision_report
+from ..probe.load import register_run_loader
+from ..probe.sheets import Sheet
 from ..topography import attach
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
@@ -60,11 +65,14 @@ class TDANNConfig:
     batch_size: int = 64
     checkpoint_interval: int = 100
     threads: int = 1
+    permutations: int = 999         # shuffled-position permutations per map (orientation/category probes)
 
     def validate(self):
         check_length(self)
         if len(self.channels) != 2 or min(self.channels) < 1:
             raise ValueError(f"channels needs two positive entries, got {self.channels}")
+        if self.permutations < 1:
+            raise ValueError(f"permutations must be ≥ 1, got {self.permutations}")
         if self.batch_size < 1 or self.alpha < 0 or self.checkpoint_interval < 1 or self.stride < 1:
             raise ValueError("batch_size, checkpoint_interval and stride must be ≥ 1, alpha ≥ 0")
 
@@ -121,8 +129,13 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
             layers[name] = {"smoothness": M.smoothness_index(tuning, lay),
                             "corr_vs_distance": M.correlation_vs_distance(r, lay),
                             "preferred": tuning.argmax(1).tolist(), "coords": lay.unit_coords.tolist()}
+        sub = Subject(arm, model, [Sheet(n, getattr(model, n), topo.positions(n), "locations") for n in SHEETS],
+                      input_shape=tuple(data.x_test.shape[1:]))
+        probe = vision_report(sub, Protocol(gratings=True, categories=(data.x_test, data.y_test.numpy(),
+                                                                        list(data.output_names)),
+                                            per_category=None, permutations=cfg.permutations, seed=cfg.seed))
         hist = read_log(out / arm / "log.csv")
-        res[arm] = {"accuracy": accuracy(model, data.x_test, data.y_test), "layers": layers,
+        res[arm] = {"accuracy": accuracy(model, data.x_test, data.y_test), "layers": layers, "probe": probe,
                     "history": {k: v.tolist() for k, v in hist.items()},
                     "preopt": {k: {kk: v[kk] for kk in ("loss_before", "loss_after", "accepted")} for k, v in pre.items()}}
         topo.remove()
@@ -133,7 +146,17 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
         metrics[f"smoothness_per_layer_{arm}"] = {k: l["smoothness"] for k, l in res[arm]["layers"].items()}
         metrics[f"corr_vs_distance_{arm}"] = {k: l["corr_vs_distance"] for k, l in res[arm]["layers"].items()}
         metrics[f"preopt_{arm}"] = res[arm]["preopt"]
+        g, cats = res[arm]["probe"]["gratings"], res[arm]["probe"]["categories"]["by_category"]
+        metrics[f"orientation_smoothness_{arm}"] = g["orientation_smoothness"]
+        metrics[f"osi_{arm}"] = g["osi"]
+        metrics[f"pinwheel_density_{arm}"] = g["pinwheel_density"]
+        metrics[f"category_morans_i_{arm}"] = float(np.mean([c["morans_i"] for c in cats.values()]))
+        metrics[f"category_morans_i_null_{arm}"] = float(np.mean([c["morans_i_null"] for c in cats.values()]))
+        metrics[f"category_p_value_{arm}"] = {k: c["p_value"] for k, c in cats.items()}
+        metrics[f"category_patches_{arm}"] = float(np.mean([c["patches"] for c in cats.values()]))
     _plot(res, out)
+    _plot_probe(res, out)
+    write_json(out / "probe.json", {arm: r["probe"] for arm, r in res.items()}, indent=None)
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -163,3 +186,40 @@ def _plot(res, out):
     fig.colorbar(sc, ax=axes, label="preferred digit", ticks=range(10))
     fig.savefig(out / "maps.png", dpi=110)
     plt.close(fig)
+
+
+def _plot_probe(res, out):
+    """Orientation preference maps and the selectivity map of one digit class, topographic arm vs control."""
+    lay = {arm: {n: r["layers"][n]["coords"] for n in SHEETS} for arm, r in res.items()}
+    maps = {arm: {n: (v["preferred"], lay[arm][n], f"S {v['orientation_smoothness']:.2f}, {v['pinwheels']} pinwheels")
+                  for n, v in r["probe"]["gratings"]["sheets"].items()} for arm, r in res.items()}
+    plot_maps(maps, out / "orientation_maps.png", "preferred orientation (sine gratings)", cmap="hsv", symmetric=False,
+              vmin=0, vmax=180, label="°")
+    cat = next(iter(res["topo"]["probe"]["categories"]["by_category"]))
+    maps = {arm: {n: (v["t_map"], lay[arm][n], f"I {v['morans_i']:.2f} (p {v['p_value']:.3f})")
+                  for n, v in r["probe"]["categories"]["by_category"][cat]["sheets"].items()} for arm, r in res.items()}
+    plot_maps(maps, out / "category_maps.png", f"class {cat} vs the other classes: Welch t per unit")
+
+
+@register_run_loader("tdann-cnn")
+def probe_run(run) -> list[Subject]:
+    """``topotorch probe`` on a tdann-cnn run directory: the topographic arm, then the control."""
+    from ..config import from_dict
+    from ..io import read_json, read_state
+    from ..probe.sheets import saved_positions
+    run = Path(run)
+    cfg = from_dict(TDANNConfig, read_json(run / "config.json", "run config")["config"])
+    data = load_dataset(cfg.data, cfg.seed, cfg.data_dir)
+    subs = []
+    for arm in ("topo", "control"):
+        path = run / f"{arm}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing — not a finished tdann-cnn run")
+        model = TopoCNN(data.x_train.shape[1], data.x_train.shape[-1], tuple(cfg.channels), len(data.output_names),
+                        cfg.stride)
+        sd = read_state(path)
+        pos = saved_positions(sd)
+        model.load_state_dict({k: v for k, v in sd.items() if not k.endswith(".topo_positions")})
+        subs.append(Subject(arm, model, [Sheet(n, getattr(model, n), pos[n], "locations") for n in SHEETS],
+                            input_shape=tuple(data.x_train.shape[1:])))
+    return subs

@@ -24,7 +24,11 @@ import torch.distributed as dist
 from .. import data as D
 from .. import layout as L
 from .. import metrics as M
-from ..gpt import GPT, GPTConfig, sequence_logprob
+from ..gpt import GPT, GPTConfig
+from ..probe import language as Lg
+from ..probe.load import register_run_loader
+from ..probe.run import Subject
+from ..probe.sheets import Sheet
 from ..hooks import record
 from ..io import check_same_config, save_model, write_json
 from ..plot import plot_arm_curves
@@ -274,13 +278,13 @@ def analyse_text(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, dev
                                "corr_r_d": float(1 - 2 * pair_loss(r, inverse_distance(lay).double()))}
     res["corr_r_d"] = float(np.mean([v["corr_r_d"] for v in res["sheets"].values()]))
     if stimuli:
-        mods = {n: m for n, m, _ in sheets}
         lays = {n: lay for n, _, lay in sheets}
         vocab = None if tokens.vocab_size == 256 else tokens.vocab
         for key, (table, text, cond, a, b) in {"localizer": ("fedorenko", "sentence", "condition", "S", "N"),
                                                "noun_verb": ("elli", "pair", "class", "noun", "verb")}.items():
             path = D.stimulus_table(Path(stimuli) / f"{table}_stimuli.csv" if Path(stimuli).is_dir() else table)
-            res[key] = stimulus_contrast(model, mods, lays, path, text, cond, a, b, vocab, cfg.block_size, seed=cfg.seed)
+            res[key] = Lg.table_contrast(Lg.LM(model, vocab, cfg.block_size), probe_sheets(model, lays), path, text,
+                                         cond, a, b, seed=cfg.seed)
     return res
 
 
@@ -359,98 +363,16 @@ def plot_corr_distance(results: dict, path):
 
 
 def blimp_accuracy(model, vocab_size: int, block_size: int, pairs: dict) -> dict:
-    """Per-phenomenon BLiMP accuracy of a byte-level LM: a pair counts when the good sentence's total
-    log-probability (UTF-8 bytes, each given a newline and the bytes before it) is higher. Adds ``"mean"``."""
+    """Per-phenomenon BLiMP accuracy of a byte-level LM (each sentence's UTF-8 bytes after a newline); see
+    :func:`topotorch.probe.language.blimp_accuracy`."""
     if vocab_size != 256:
         raise ValueError("BLiMP needs a byte-level model (vocabulary 256): train on text with --set data=FILE")
-    enc = lambda t: list(t.encode("utf-8"))  # noqa: E731
-    acc = {}
-    for ph, ps in pairs.items():
-        good = sequence_logprob(model, [enc(g) for g, _ in ps], block_size, context=[10])
-        bad = sequence_logprob(model, [enc(b) for _, b in ps], block_size, context=[10])
-        acc[ph] = float((good > bad).double().mean())
-    acc["mean"] = float(np.mean([acc[ph] for ph in pairs]))
-    return acc
+    return Lg.blimp_accuracy(Lg.LM(model, None, block_size), pairs)
 
 
-def encode_text(text: str, tokens_vocab: list[str] | None) -> list[int]:
-    """Token ids of a stimulus: UTF-8 bytes for a byte-level model (``tokens_vocab`` None), else its words."""
-    if tokens_vocab is None:
-        return list(text.encode("utf-8"))
-    stoi = {w: i for i, w in enumerate(tokens_vocab)}
-    unknown = [w for w in text.split() if w not in stoi]
-    if unknown:
-        raise ValueError(f"the model's word vocabulary lacks {unknown[:5]}: probe a byte-level model (trained with "
-                         "--set data=FILE) or use stimuli made of its words")
-    return [stoi[w] for w in text.split()]
-
-
-@torch.no_grad()
-def stimulus_responses(model: GPT, modules: dict, ids: list[list[int]], block_size: int, batch: int = 64) -> dict:
-    """TopoLM's protocol: each stimulus fed alone; a unit's response is the mean of its sheet's output over the
-    stimulus's tokens. ``{name: (stimuli, units)}``."""
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    out = {n: [] for n in modules}
-    try:
-        for k in range(0, len(ids), batch):
-            chunk = [s[:block_size] for s in ids[k:k + batch]]
-            if min(map(len, chunk)) < 1:
-                raise ValueError("an empty stimulus")
-            T = max(map(len, chunk))
-            x = torch.zeros(len(chunk), T, dtype=torch.long)
-            valid = torch.zeros(len(chunk), T)
-            for r, s in enumerate(chunk):  # right padding: causal attention keeps real tokens unaffected
-                x[r, :len(s)], valid[r, :len(s)] = torch.tensor(s), 1.0
-            with record(modules, None, device="cpu") as got:
-                model(x.to(device))
-            for n in modules:
-                a = got[n][0].float()  # (B, T, units)
-                out[n].append((a * valid[..., None]).sum(1) / valid.sum(1, keepdim=True))
-    finally:
-        model.train(was)
-    return {n: torch.cat(v) for n, v in out.items()}
-
-
-def contrast_maps(responses: dict, layouts: dict, labels: list, a: str, b: str, fwhm: float = 2.0,
-                  shuffles: int = 100, seed: int = 0) -> dict:
-    """Welch t (condition ``a`` − ``b``) per unit, BH-FDR, and Moran's I of each sheet's t-map, unsmoothed and
-    smoothed (``fwhm`` cells), each next to its mean on shuffled positions; plus the means over sheets."""
-    lab = np.asarray(labels)
-    if not (lab == a).any() or not (lab == b).any():
-        raise ValueError(f"the contrast {a}-{b} needs stimuli of both conditions; conditions here: "
-                         f"{sorted(set(lab.tolist()))}")
-    res = {"contrast": f"{a}-{b}", "n": {a: int((lab == a).sum()), b: int((lab == b).sum())}, "sheets": {}}
-    for name, r in responses.items():
-        lay = layouts[name]
-        t, p = M.welch_t(r[lab == a].numpy(), r[lab == b].numpy())
-        t = np.nan_to_num(t)
-        _, sig = M.fdr(np.nan_to_num(p, nan=1.0))
-        res["sheets"][name] = {
-            "morans_i": M.morans_i(t, lay), "morans_i_null": M.morans_i_null(t, lay, shuffles, seed),
-            "morans_i_smoothed": M.morans_i(M.smooth_map(t, lay, fwhm), lay) if fwhm else None,
-            "morans_i_smoothed_null": M.morans_i_null(t, lay, shuffles, seed, fwhm) if fwhm else None,
-            "significant_units": int(sig.sum()), "t_map": t.tolist()}
-    for key in ("morans_i", "morans_i_null", "morans_i_smoothed", "morans_i_smoothed_null", "significant_units"):
-        vals = [v[key] for v in res["sheets"].values() if v[key] is not None]
-        res[key] = float(np.mean(vals)) if vals else None
-    return res
-
-
-def stimulus_contrast(model: GPT, modules: dict, layouts: dict, path, text: str, condition: str, a: str, b: str,
-                      vocab: list[str] | None, block_size: int, fwhm: float = 2.0, seed: int = 0) -> dict:
-    """A stimulus table's contrast ``a`` − ``b`` on the sheets: the rows of the two conditions, each fed alone
-    (:func:`stimulus_responses`), then :func:`contrast_maps`. Missing columns raise naming the file."""
-    import csv
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for col in (text, condition):
-        if not rows or col not in rows[0]:
-            raise ValueError(f"{path}: no column {col!r}; columns: {list(rows[0]) if rows else []}")
-    rows = [r for r in rows if r[condition] in (a, b)]
-    resp = stimulus_responses(model, modules, [encode_text(r[text], vocab) for r in rows], block_size)
-    return contrast_maps(resp, layouts, [r[condition] for r in rows], a, b, fwhm, seed=seed)
+def probe_sheets(model: GPT, layouts: dict) -> list:
+    """The probe's view of a GPT's sheets: ``[Sheet(name, module, layout, "features")]``."""
+    return [Sheet(n, model.get_submodule(n), lay, "features") for n, lay in layouts.items()]
 
 
 def load_arm(run, arm: str):
@@ -547,3 +469,17 @@ def run_topolm(cfg: TopoLMConfig, out, resume: bool = False, progress: bool = Tr
                     "cross-entropy (nats/token)", train_key="train_loss")
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+@register_run_loader("topolm")
+def probe_run(run) -> list[Subject]:
+    """``topotorch probe`` on a topolm run directory: each trained arm, the control arm last."""
+    run = Path(run)
+    arms = [a for a in ("topo", "control") if (run / a / "model.safetensors").is_file()]
+    if not arms:
+        raise FileNotFoundError(f"{run}: no arm with a model.safetensors — not a trained topolm run directory")
+    subs = []
+    for arm in arms:
+        cfg, model, positions, vocab = load_arm(run, arm)
+        subs.append(Subject(arm, model, probe_sheets(model, positions), vocab, cfg.block_size, language=True))
+    return subs

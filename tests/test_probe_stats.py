@@ -1,0 +1,138 @@
+"""The probe's statistics against independent computations: Moran's I and its permutation test, pinwheel
+counting on maps with known pinwheels, OSI / circular variance on analytic tuning curves, selectivity, patches."""
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from topotorch.layout import grid
+from topotorch.probe import stats as S
+from topotorch.probe import vision as V
+from topotorch.topography import retinotopic
+
+
+def _dense_morans(x, c, radius=1.0):
+    """Independent Moran's I: dense queen weights by explicit loops, row-standardised."""
+    n = len(x)
+    W = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i != j and np.abs(c[i] - c[j]).max() <= radius + 1e-9:
+                W[i, j] = 1.0
+    W /= np.maximum(W.sum(1, keepdims=True), 1e-300)
+    z = x - x.mean()
+    return n / W.sum() * (z @ W @ z) / (z @ z)
+
+
+@pytest.mark.parametrize("layout", ["grid", "retinotopic"])
+def test_morans_i_and_permutation_p_match_a_direct_numpy_permutation_test(layout):
+    rs = np.random.RandomState(3)
+    lay = grid(9, 11, spacing=1.0) if layout == "grid" else retinotopic(4, 6, 6, seed=1)
+    c = lay.unit_coords.numpy()
+    x = rs.randn(len(c)) + 1.2 * np.sin(c[:, 0] / 3)  # a spatial trend under noise
+    got = S.morans_i_test(x, lay, permutations=199, seed=5)
+    assert got["i"] == pytest.approx(_dense_morans(x, c), abs=1e-12)
+    perm = np.random.RandomState(5)
+    null = np.array([_dense_morans(x[perm.permutation(len(x))], c) for _ in range(199)])
+    assert got["null_mean"] == pytest.approx(null.mean(), abs=1e-12)
+    assert got["p_value"] == pytest.approx((1 + (null >= got["i"]).sum()) / 200)
+    assert got["p_value"] < 0.05  # the trend is found
+
+
+def test_random_map_is_not_significant_and_smoothing_lifts_the_null():
+    lay = grid(20, 20, spacing=1.0)
+    x = np.random.RandomState(0).randn(400)
+    raw, sm = S.morans_i_test(x, lay, 199), S.morans_i_test(x, lay, 199, fwhm=2.0)
+    assert raw["p_value"] > 0.05 and abs(raw["null_mean"]) < 0.02
+    assert sm["null_mean"] > 0.4 and sm["i"] == pytest.approx(S.morans_i(S.smooth_map(x, lay, 2.0), lay))
+    assert sm["p_value"] > 0.05  # smoothing alone is not topography
+
+
+def _pinwheel_field(h, w, centres):
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    z = np.ones((h, w), complex)
+    for r, c, q in centres:
+        d = (xx - c) + 1j * (yy - r)
+        z *= d if q > 0 else np.conj(d)
+    return z
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pinwheels_of_a_map_with_known_pinwheels_are_counted_exactly(seed):
+    rs = np.random.RandomState(seed)
+    k = rs.randint(1, 7)
+    centres = []
+    while len(centres) < k:  # centres off the pixel grid and apart
+        r, c = rs.uniform(3, 37), rs.uniform(3, 47)
+        if all(np.hypot(r - a, c - b) > 4 for a, b, _ in centres):
+            centres.append((r, c, rs.choice([-1, 1])))
+    found = V.count_pinwheels(_pinwheel_field(40, 50, centres))
+    assert len(found) == k
+    for r, c, q in centres:  # each one in the plaquette that holds it, with its sign
+        assert any(abs(fr - r) <= 0.5 and abs(fc - c) <= 0.5 and fq == q for fr, fc, fq in found)
+    z = _pinwheel_field(40, 50, centres)
+    z[:5, :5] = np.nan  # masked pixels are left out, never counted
+    d = V.pinwheel_density(z, spacing=10.0)
+    assert d["pinwheels"] == sum(1 for r, c, _ in centres if not (r < 5.5 and c < 5.5))
+    assert d["density"] == pytest.approx(d["pinwheels"] * 100.0 / d["area"])
+
+
+def test_column_spacing_of_a_plane_wave_is_its_wavelength():
+    yy, xx = np.mgrid[0:64, 0:64]
+    z = np.exp(2j * np.pi * xx / 8.0)  # orientation columns 8 pixels apart
+    assert V.column_spacing(z) == pytest.approx(8.0, rel=1e-6)
+    assert V.count_pinwheels(z) == []
+
+
+def test_osi_and_circular_variance_equal_a_hand_computation_on_analytic_tuning_curves():
+    ori = np.arange(8) * 22.5
+    base, amp, pref = np.array([0.2, 1.0, 0.0]), np.array([1.0, 0.5, 2.0]), np.array([45.0, 112.5, 0.0])
+    curves = base[:, None] + amp[:, None] * np.cos(np.deg2rad(ori[None] - pref[:, None])) ** 2
+    got = V.tuning_from_curves(curves, ori)
+    # r = b + a cos²(θ − θ0) = (b + a/2) + (a/2) cos 2(θ − θ0): over 8 even orientations Σ r e^{2iθ} = 8 (a/4) e^{2iθ0}
+    assert np.allclose(got["circular_variance"], 1 - (amp / 4) / (base + amp / 2))
+    assert np.allclose(got["osi"], amp / (2 * base + amp))  # (r(θ0) − r(θ0 + 90°)) / (r(θ0) + r(θ0 + 90°))
+    assert np.allclose(got["preferred"], pref)
+
+
+def test_oriented_filters_are_found_at_their_orientation_by_the_grating_probe():
+    size = 16
+    g = V.gratings(size, channels=1, frequencies=[1.5, 3.0, 4.0])
+    conv = torch.nn.Conv2d(1, 8, size, bias=False)
+    want = np.arange(8) * 22.5
+    with torch.no_grad():  # unit k: a grating filter at orientation want[k], 3 cycles per image
+        filt = V.gratings(size, 1, orientations=8, frequencies=[3.0], phases=1).images[:, 0] - 0.5
+        conv.weight.copy_(filt[:, None])
+    model = torch.nn.Sequential(conv)
+    from topotorch.probe.sheets import Sheet
+    sh = Sheet("0", conv, grid(2, 4, spacing=1.0), "channels")
+    model.train()
+    resp = V.sheet_responses(model, [sh], g.images)["0"].numpy()
+    assert model.training  # mode restored
+    tun = V.orientation_tuning(resp, g)
+    diff = np.abs((tun["preferred"] - want + 90) % 180 - 90)
+    assert (tun["curves"].argmax(1) == np.arange(8)).all() and (tun["preferred_frequency"] == 3.0).all()
+    assert diff.max() < 11.25 and (tun["osi"] > 0.5).all()  # the vector sum: within half a step (pixelated filters)
+
+
+def test_category_selectivity_is_welch_t_and_patches_are_connected_blobs():
+    rs = np.random.RandomState(0)
+    lay = grid(16, 16, spacing=1.0)
+    c = lay.unit_coords.numpy()
+    blob = (np.hypot(c[:, 0] - 4, c[:, 1] - 4) < 3) | (np.hypot(c[:, 0] - 11, c[:, 1] - 11) < 3)
+    y = np.repeat([0, 1], 40)
+    resp = rs.rand(80, 256) + 1.5 * blob[None] * (y[:, None] == 0)
+    res = V.category_selectivity(resp, y, ["face", "other"], lay, permutations=99)
+    t = sps.ttest_ind(resp[y == 0], resp[y == 1], equal_var=False).statistic
+    assert np.allclose(res["face"]["t_map"], t)
+    assert res["face"]["patches"] == 2 and res["face"]["p_value"] < 0.05
+    assert res["other"]["patches"] == 0
+    with pytest.raises(ValueError, match="at least two"):
+        V.category_images((torch.rand(4, 1, 8, 8), np.zeros(4, int)), 8, 1)
+
+
+def test_sparse_statistics_scale_to_a_tdann_sized_sheet():
+    lay = retinotopic(128, 28, 28, seed=0)  # 100,352 units: a dense n² matrix would need 80 GB
+    x = np.random.RandomState(0).randn(lay.n)
+    res = S.morans_i_test(x, lay, permutations=9)
+    assert abs(res["i"]) < 0.02 and res["p_value"] > 0.05
