@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "TokenMLP", "LeNet", "SpatialNet", "ACTIVATIONS"]
+__all__ = ["MLP", "TokenMLP", "LeNet", "SpatialNet", "ResNet18", "ACTIVATIONS"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -124,3 +124,45 @@ class SpatialNet(nn.Module):
 
     def task_logits(self, logits: torch.Tensor, t: int) -> torch.Tensor:
         return logits[:, t * self.classes:(t + 1) * self.classes]
+
+
+class _Basic(nn.Module):
+    """ResNet's basic block: two 3×3 convs with batch norm, a projected shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.downsample(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's shape (TDANN's backbone) without torchvision: a 7×7 stride-2 stem and max-pool, four stages of
+    two basic blocks (``width``·1, 2, 4, 8 channels; strides 1, 2, 2, 2), global average pool, linear classifier.
+    Module paths match torchvision's (``layer1.1``, ``layer4.1.conv2``…), so TDANN's sheets are the blocks'
+    outputs ``layer1.1`` … ``layer4.1``. ``width=64`` is the original; narrower is cheaper."""
+
+    def __init__(self, classes: int = 1000, width: int = 64, in_channels: int = 3):
+        super().__init__()
+        if width < 1 or classes < 1 or in_channels < 1:
+            raise ValueError(f"width, classes and in_channels must be ≥ 1, got {width}, {classes}, {in_channels}")
+        self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        chans, cin = [width, 2 * width, 4 * width, 8 * width], width
+        for i, (c, s) in enumerate(zip(chans, (1, 2, 2, 2))):
+            setattr(self, f"layer{i + 1}", nn.Sequential(_Basic(cin, c, s), _Basic(c, c, 1)))
+            cin = c
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean((2, 3)))

@@ -184,8 +184,11 @@ def detach(model: nn.Module) -> None:
     topo.remove()
 
 
-def _units_of(mod: nn.Module, units: str) -> str:
-    return units if isinstance(mod, nn.modules.conv._ConvNd) else "features"
+def _units_of(mod: nn.Module, units: str, shape: tuple | None = None) -> str:
+    """A conv module's units, or any module's whose output is a 2D map ``(N, C, H, W)`` (e.g. a ResNet block,
+    TDANN's sheets): ``units``; anything else: its last dimension."""
+    conv = isinstance(mod, nn.modules.conv._ConvNd) or (shape is not None and len(shape) == 4)
+    return units if conv else "features"
 
 
 def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units: str = "channels",
@@ -202,9 +205,9 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
         model: any ``nn.Module``; it is not rewritten (buffers and hooks are added).
         modules: names (paths in ``model.named_modules()``) or modules; or a dict of either → :class:`Layout`.
             Sheets are named by their path everywhere (``topo.last``, ``positions``, ``alpha``).
-        units: for conv modules: ``"channels"`` (channels on a sheet, every location a sample) or
-            ``"locations"`` (every channel × location, retinotopic). Other modules: the output's last
-            dimension. Outputs may be tensors, tuples (the first element) or dict-like (the first tensor).
+        units: for conv modules and any module whose output is a 2D map ``(N, C, H, W)`` (a ResNet block):
+            ``"channels"`` (channels on a sheet, every location a sample) or ``"locations"`` (every channel ×
+            location, retinotopic). Other modules: the output's last dimension. Outputs may be tensors, tuples (the first element) or dict-like (the first tensor).
         layout: positions for all modules (a Layout, or ``"grid"``/``"retinotopic"``); default a grid of
             cells (h ≤ w, the most square) or retinotopic for ``units="locations"``.
         alpha: weight of the spatial correlation loss (TopoLM/TDANN) per module, or a dict path → weight
@@ -246,9 +249,8 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
         raise ValueError(f"alpha must be a non-negative number or a dict module path → weight, got {alpha!r}")
     if smoothness < 0:
         raise ValueError(f"smoothness must be non-negative, got {smoothness}")
-    kinds = {n: _units_of(m, units) for n, m in resolved.items()}
     shapes = {}
-    if "locations" in kinds.values() and example_input is None:
+    if units == "locations" and example_input is None:
         raise ValueError("units='locations' needs example_input to learn the feature-map sizes")
     if example_input is not None:
         args = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -263,6 +265,7 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
             if not got[n]:
                 raise ValueError(f"{n} did not run in the forward pass of example_input")
             shapes[n] = tuple(got[n][0].shape)
+    kinds = {n: _units_of(m, units, shapes.get(n)) for n, m in resolved.items()}
     entries = []
     for i, (name, mod) in enumerate(resolved.items()):
         lay = given[name] if given[name] is not None else layout

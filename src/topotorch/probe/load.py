@@ -135,16 +135,15 @@ def load_subjects(spec: str, name: str = "model", sheets=None, layout: str = "gr
 
 def _sheets(model, sheets, layout, units, input_shape, reference, ids: bool = False) -> list[Sheet]:
     import torch
+    from ..topography import Topography
     if sheets is None and reference is not None and not any(
             "topo_positions" in m._buffers for m in model.modules()):
         from .run import control_sheets
         return control_sheets(model, reference)
-    if sheets is None or not isinstance(sheets, (list, tuple, str, dict)):
+    if isinstance(sheets, Topography):
         return find_sheets(model, sheets)
-    if ids:
-        example = torch.zeros(1, 8, dtype=torch.long)
-    elif input_shape is not None:
-        example = torch.zeros(1, *input_shape)
-    else:
+    example = (torch.zeros(1, 8, dtype=torch.long) if ids else
+               torch.zeros(1, *input_shape) if input_shape is not None else None)
+    if isinstance(sheets, (list, tuple, str)) and example is None:
         raise ValueError("--sheets on an image model needs --input-shape C,H,W to learn the sheets' sizes")
     return find_sheets(model, sheets, layout, units, example_input=example)

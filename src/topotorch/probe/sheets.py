@@ -68,12 +68,20 @@ def find_sheets(model: nn.Module, sheets=None, layout: str | Layout = "grid", un
             raise ValueError("this Topography was detached: its positions are gone; pass the model's sheets instead")
         return [Sheet(e["name"], e["module"], sheets.positions(e["name"]), e["units"]) for e in sheets.entries]
     if sheets is None:
-        found = []
+        found = {}
         for name, mod in model.named_modules():
             pos = mod._buffers.get(POSITIONS)
             if pos is not None:
-                u = _units_for(mod, len(pos))
-                found.append(Sheet(name, mod, Layout(pos.detach().double().cpu(), kind=_kind(pos, u)), u))
+                found[name] = Layout(pos.detach().double().cpu(), kind=_kind(pos, "features"))
+        if found and example_input is not None:  # a forward pass tells a block's map units apart
+            return find_sheets(model, found, layout, units, example_input, seed)
+        for n, lay in found.items():
+            mod = model.get_submodule(n)
+            if not isinstance(mod, nn.modules.conv._ConvNd) and getattr(mod, "out_features", None) != lay.n:
+                raise ValueError(f"cannot tell whether the {lay.n} positioned units of {n} ({type(mod).__name__}) "
+                                 "are its last dimension or a conv map's channels/locations: pass example_input "
+                                 "(--input-shape C,H,W for an image model)")
+        found = [Sheet(n, model.get_submodule(n), lay, _units_for(model.get_submodule(n), lay.n)) for n, lay in found.items()]
         if not found:
             raise ValueError("the model has no sheets: no module carries topo_positions (it was never attached, or "
                              "its positions were not loaded); name the modules to probe (--sheets PATTERN with "
@@ -104,9 +112,11 @@ def find_sheets(model: nn.Module, sheets=None, layout: str | Layout = "grid", un
             shapes[n] = tuple(got[n][0].shape)
     out = []
     for i, (name, mod) in enumerate(mods.items()):
-        conv = isinstance(mod, nn.modules.conv._ConvNd)
+        conv = isinstance(mod, nn.modules.conv._ConvNd) or len(shapes.get(name, ())) == 4
         u = units if conv else "features"
         lay = given[name] if given is not None else layout
+        if conv and isinstance(lay, Layout) and len(shapes.get(name, ())) == 4:
+            u = "channels" if lay.n == shapes[name][1] else "locations"  # saved positions say which
         if u == "locations":
             if len(shapes[name]) != 4:
                 raise ValueError(f"units='locations' needs a 2D conv map (N, C, H, W); {name} gives {shapes[name]}")
