@@ -10,7 +10,8 @@ from .costs import WiringCost
 from .relocate import relocate
 from .models import MLP
 from .topography import attach, detach, is_attached
+from . import probe
 
 __version__ = "0.1.0"
 __all__ = ["costs", "gpt", "hooks", "layout", "metrics", "Layout", "NeuronGraph", "Port", "embed", "WiringCost",
-           "relocate", "MLP", "attach", "detach", "is_attached"]
+           "relocate", "MLP", "attach", "detach", "is_attached", "probe"]
