@@ -43,6 +43,7 @@ def test_token_model_relocation_keeps_its_function():
                    finetune_steps=100).validate()
 
 
+@pytest.mark.slow
 def test_modular_addition_reads_few_embedding_dimensions(tmp_path):
     over = {"modulus": 23, "shape": [64, 50, 50, 23], "steps": 8000, "log_interval": 1000}
     m = run_recipe("modular-addition", tmp_path, over, progress=False)
@@ -98,6 +99,7 @@ def test_gpt_bimt_relocation_keeps_logits_at_every_swap():
     assert reloc.swaps > 0 and len(seen) > 0 and max(seen) < 1e-10
 
 
+@pytest.mark.slow
 def test_gpt_bimt_reports_three_arms_side_by_side(tmp_path):
     m = run_recipe("gpt-bimt", tmp_path, {"quick": True, "n_embd": 32}, progress=False)
     assert set(m["arms"]) == {"bimt", "l1", "control"}
@@ -128,6 +130,7 @@ def test_in_context_transformer_relocation_keeps_outputs(layernorm):
     assert torch.allclose(m(x), before, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_in_context_learns_in_context_and_reports_survivors(tmp_path):
     m = run_recipe("in-context", tmp_path, {"quick": True}, progress=False)
     base = m["baseline_mse_no_context"]

@@ -335,11 +335,12 @@ def test_library_modules_never_import_experiments():
     import pathlib
     import re
     root = pathlib.Path(tt.__file__).parent
-    lib = [p for p in root.rglob("*.py") if "experiments" not in p.parts and p.name not in ("recipes.py", "cli.py", "report.py")]
+    # the recipe loader alone imports the recipe modules; cli.py, report.py and sweep.py reach them through it
+    lib = [p for p in root.rglob("*.py") if "experiments" not in p.parts and p.name != "registry.py"]
     assert len(lib) >= 15
     for p in lib:
         assert not re.search(r"^\s*(from|import)\s+(\.+|topotorch\.)experiments", p.read_text(), re.M), p
-    assert len(tt.__all__) <= 15
+    assert len(tt.__all__) <= 16  # a small top level: embed/attach, the costs, relocate, probe, a few models
 
 
 def test_fit_accumulates_gradients_like_one_big_batch_and_stops_on_nan(tmp_path):

@@ -77,6 +77,7 @@ def test_image_set_errors_are_named(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_tdann_cnn_reports_orientation_and_category_maps_for_both_arms(tmp_path):
     from topotorch.recipes import run_recipe
     m = run_recipe("tdann-cnn", tmp_path, {"epochs": 2, "permutations": 49}, progress=False)

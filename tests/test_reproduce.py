@@ -1,7 +1,10 @@
+import pytest
 import json
 import re
 
 from topotorch.cli import main
+
+pytestmark = pytest.mark.slow  # a reproduction test: runs whole recipes
 
 
 def test_reproduce_reports_every_claim_over_seeds_in_a_self_contained_report(tmp_path, capsys):

@@ -4,6 +4,8 @@ import pytest
 from topotorch.metrics import extents_overlap
 from topotorch.recipes import run_recipe
 
+pytestmark = pytest.mark.slow  # a reproduction test: runs whole recipes
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -48,6 +48,7 @@ def test_two_task_data_combinators(combine):
         assert torch.all(d.probe[0][:, 64:] == 0) and torch.all(d.probe[1][:, :64] == 0)
 
 
+@pytest.mark.slow
 def test_quick_training_then_record_plot_split_score(tmp_path):
     cfg = S.SpatialConfig(**QUICK)
     S.train_spatial(cfg, tmp_path, progress=False)

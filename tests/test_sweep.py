@@ -15,6 +15,7 @@ def test_parse_grid_keeps_bracketed_values_whole():
     assert fixed == {"arms": ["topo"], "x": 1e-3}
 
 
+@pytest.mark.slow
 def test_sweep_writes_the_front_and_an_interrupted_sweep_continues(tmp_path, monkeypatch, capsys):
     args = ["sweep", "independence", "--set", "lam=0,0.001", "--seeds", "2", "--out", str(tmp_path / "a"), "--quiet", *FIXED]
     assert main(args) == 0

@@ -1,6 +1,8 @@
+import pytest
 from topotorch.recipes import run_recipe
 
 
+@pytest.mark.slow
 def test_tdann_cnn_is_smoother_than_control_at_equal_accuracy(tmp_path):
     m = run_recipe("tdann-cnn", tmp_path, progress=False)
     assert abs(m["accuracy_topo"] - m["accuracy_control"]) <= 0.03
@@ -13,6 +15,7 @@ def test_tdann_cnn_is_smoother_than_control_at_equal_accuracy(tmp_path):
         assert (tmp_path / f).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_mnist_sized_sheets_with_a_stride_two_stem_and_the_data_row():
     import pytest
     import torch

@@ -18,7 +18,7 @@ from conftest import SHARED
 
 TEXT, PAIRS = SHARED / "data" / "tinyshakespeare.txt", SHARED / "data" / "blimp"
 STIM = SHARED / "data" / "stimuli"
-pytestmark = pytest.mark.skipif(not TEXT.is_file() or not PAIRS.is_dir(), reason="needs ../shared/data")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TEXT.is_file() or not PAIRS.is_dir(), reason="needs ../shared/data")]
 
 
 def _direct_logprob(model, sentences):

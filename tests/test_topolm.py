@@ -14,6 +14,7 @@ from topotorch.recipes import run_recipe
 QUICK = {"quick": True}
 
 
+@pytest.mark.slow
 def test_quick_recipe_contract_and_claims(tmp_path):
     m = run_recipe("topolm", tmp_path, QUICK, progress=False)
     for k in ("recipe", "seed", "steps", "seconds", "val_loss_topo", "val_loss_control", "morans_i_topo",
@@ -49,6 +50,7 @@ def test_resume_continues_exactly(tmp_path):
         run_recipe("topolm", b, dict(over, lr=0.01), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_hold_identical_parameters(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "topotorch.cli",
            "run", "topolm", "--out", str(tmp_path), "--quiet", "--set", "quick=true", "--set", "steps=6",
@@ -100,6 +102,7 @@ def test_hf_text_streams_a_local_file(tmp_path):
     assert bytes(d.train[:8].tolist()).decode() == "document"
 
 
+@pytest.mark.slow
 def test_full_topolm_recipe_reproduces_topolm_claims(tmp_path):
     """The recipe's default settings (~65 s here): TopoLM reports Moran's I 0.78 vs 0.12 (noun–verb)."""
     m = run_recipe("topolm", tmp_path, progress=False)

@@ -35,26 +35,10 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_workflow(args) -> int:
-    from .experiments import spatialnet as S
-    if args.cmd == "record":
-        rec = S.record(args.run)
-        print(f"recorded {len(rec) // 2} hidden layers → {args.run}/record.safetensors")
-    elif args.cmd == "plot":
-        for p in S.plot_run(args.run):
-            print(f"wrote {p}")
-    elif args.cmd == "split":
-        a = S.split(args.run, args.method, args.seed)
-        sizes = [[int(sum(1 for o in layer if o == t)) for layer in a["layers"]] for t in range(2)]
-        print(f"split ({args.method}): neurons per hidden layer for each task {sizes} → {args.run}/split/")
-    elif args.cmd == "score":
-        print(json.dumps(S.score(args.run), indent=1))
-    return 0
-
-
 def _language_run(run):
     """The subjects of a run directory, which must hold a language model (a clear error otherwise)."""
-    from . import experiments  # noqa: F401  (recipes register their run loaders)
+    from . import registry
+    registry.load()  # recipes register their run loaders
     from .probe.load import load_subjects
     subs = load_subjects(str(run))
     if not all(s.language for s in subs):
@@ -131,7 +115,8 @@ def _cmd_probe(args) -> int:
     """``topotorch probe MODEL``: see ``topotorch probe --help``."""
     from pathlib import Path
 
-    from . import experiments  # noqa: F401  (recipes register their run loaders)
+    from . import registry
+    registry.load()  # recipes register their run loaders
     from .data import blimp, stimulus_table
     from .probe.load import load_subjects
     from .probe.run import Protocol, probe
@@ -208,13 +193,13 @@ def main(argv=None) -> int:
     rp.add_argument("--out", default="reproduce", help="output directory (default: reproduce)")
     rp.add_argument("--only", help="comma-separated recipes to run (default: all)")
     rp.add_argument("--seeds", type=int, help="seeds per claim (default: 3 with --quick, 5 otherwise)")
-    rp.add_argument("--sweeps", action="store_true", help="add the task-vs-topography fronts (TDANN α; TopoLM α "
-                                                          "on text with --data), at most 3 seeds per setting")
+    rp.add_argument("--sweeps", action="store_true", help="add the task-vs-topography fronts the recipes define "
+                                                          "(loss weight from 0; some need --data), ≤ 3 seeds per setting")
     rp.add_argument("--data", help="a folder of real data (a .txt corpus, stimuli/, blimp/, mnist-t10k/): adds "
                                    "the claims measured on it, e.g. --data ../shared/data")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
-    b = sub.add_parser("blimp", help="BLiMP minimal-pair accuracy of every arm of a topolm run (= probe --blimp)")
-    b.add_argument("run", help="topolm run directory (trained with --set data=FILE)")
+    b = sub.add_parser("blimp", help="BLiMP minimal-pair accuracy of every arm of a language-model run (= probe --blimp)")
+    b.add_argument("run", help="run directory of a language model (byte-level or with its tokenizer)")
     b.add_argument("--source", default="nyu-mll/blimp", help="folder of BLiMP .jsonl files, or the hub dataset")
     b.add_argument("--phenomena", help="comma-separated phenomena (default: every file in the folder)")
     sw = sub.add_parser("sweep", help="a recipe over a grid of settings × seeds: the task-vs-topography front")
@@ -225,8 +210,8 @@ def main(argv=None) -> int:
     sw.add_argument("--strength", help="the grid key whose 0 is the control (default: the first swept key)")
     sw.add_argument("--out", help="sweep directory (default sweeps/RECIPE); rerun to continue an interrupted sweep")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
-    st = sub.add_parser("stimuli", help="every arm of a topolm run on a stimulus table (= probe --stimuli)")
-    st.add_argument("run", help="topolm run directory")
+    st = sub.add_parser("stimuli", help="every arm of a language-model run on a stimulus table (= probe --stimuli)")
+    st.add_argument("run", help="run directory of a language model")
     st.add_argument("--file", required=True, help="CSV table, or fedorenko / elli (TopoLM's, downloaded and cached)")
     st.add_argument("--text", required=True, help="column holding the stimulus text")
     st.add_argument("--condition", required=True, help="column holding the condition")
@@ -260,20 +245,14 @@ def main(argv=None) -> int:
     pr.add_argument("--input-shape", help="C,H,W of an image model's input (our runs know it)")
     pr.add_argument("--permutations", type=int, default=999, help="shuffled-position permutations per map (default 999)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the permutations and samples")
-    for name, text in (("record", "per-task mean |activation| and variance of every neuron of a run"),
-                       ("plot", "neuron positions coloured by task preference; per-task specificity maps"),
-                       ("split", "assign neurons to tasks and write one task-specific model per task"),
-                       ("score", "per-task accuracy of the full model and of each split model")):
-        w = sub.add_parser(name, help=text)
-        w.add_argument("run", help="run directory of a spatial network (e.g. runs/spatial-two-task/spatial)")
-        if name == "split":
-            w.add_argument("--method", choices=["greedy", "probability"], default="greedy")
-            w.add_argument("--seed", type=int, default=0, help="seed of the probability method")
+    from . import registry
+    registry.load()
+    for name, (text, add_arguments, _) in registry.COMMANDS.items():  # subcommands that recipes bring
+        add_arguments(sub.add_parser(name, help=text))
     args = p.parse_args(argv)
     try:
         handler = {"run": _cmd_run, "reproduce": _cmd_reproduce, "blimp": _cmd_blimp, "stimuli": _cmd_stimuli,
-                   "probe": _cmd_probe,
-                   "sweep": _cmd_sweep}.get(args.cmd, _cmd_workflow)
+                   "probe": _cmd_probe, "sweep": _cmd_sweep}.get(args.cmd) or registry.COMMANDS[args.cmd][2]
         rc = handler(args)
     except (ConfigError, CheckpointError, ValueError, OSError, ImportError) as e:
         print(f"topotorch: error: {_one_line(e)}", file=sys.stderr)

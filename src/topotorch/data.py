@@ -216,6 +216,15 @@ def read_idx(path) -> np.ndarray:
     return np.frombuffer(body, dtype=dt).reshape(shape)
 
 
+def find_mnist(folder):
+    """The folder holding MNIST IDX files: ``folder/mnist-t10k`` or ``folder`` itself; ``None`` when neither does."""
+    from pathlib import Path
+    for d in (Path(folder) / "mnist-t10k", Path(folder)):
+        if _find_idx(d, MNIST_FILES["test_images"]) or _find_idx(d, MNIST_FILES["train_images"]):
+            return d
+    return None
+
+
 def _find_idx(data_dir, stem: str):
     from pathlib import Path
     for name in (stem, stem + ".gz"):

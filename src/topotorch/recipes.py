@@ -22,13 +22,23 @@ class Recipe:
 
 def kinds() -> dict:
     """Registered recipe kinds: name → (config dataclass, runner)."""
-    from .experiments import KINDS
-    return KINDS
+    from . import registry
+    registry.load()
+    return registry.KINDS
 
 
 def _recipe_files() -> dict[str, Path]:
-    root = resources.files("topotorch") / "recipes"
-    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
+    """Recipe YAMLs: the packaged ones and those in folders recipe modules registered (``kind(recipes=...)``)."""
+    from . import registry
+    registry.load()
+    roots = [Path(str(resources.files("topotorch") / "recipes"))] + registry.RECIPE_DIRS
+    out = {}
+    for root in roots:
+        for p in sorted(root.glob("*.yaml")):
+            if p.stem in out and out[p.stem] != p:
+                raise ConfigError(f"recipe {p.stem!r} is defined twice: {out[p.stem]} and {p}")
+            out[p.stem] = p
+    return out
 
 
 def list_recipes() -> list[Recipe]:

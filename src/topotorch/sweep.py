@@ -20,36 +20,15 @@ import numpy as np
 
 from .config import ConfigError, load_yaml
 from .io import atomic_write_text, read_json, write_json
+from . import registry
 from .recipes import load_recipe, run_recipe
 
 __all__ = ["FIGURES", "parse_grid", "sweep"]
 
 
-def _topolm_topo(m: dict) -> tuple[str, float]:
-    for key, label in (("morans_i_noun_verb_topo", "Moran's I, noun–verb stimuli"),
-                       ("morans_i_topo", "Moran's I, noun–verb t-map"), ("corr_r_d_topo", "corr(r, 1/(1+d))")):
-        if key in m:
-            return label, m[key]
-    raise KeyError("no topography figure in this topolm run")
-
-
-# recipe kind → (task figure label, extractor, topography/modularity label, extractor)
-FIGURES: dict[str, tuple[str, Callable, str, Callable]] = {
-    "bimt": ("test MSE", lambda m: m["test_loss"], "Newman's Q (Louvain)", lambda m: m["modularity_q"]),
-    "locality-prior": ("test accuracy (LP arm)", lambda m: m["accuracy_local"],
-                       "spatial variance of LP maps (cells², lower = more local)", lambda m: m["variance_local"]),
-    "tdann-cnn": ("test accuracy (topographic arm)", lambda m: m["accuracy_topo"],
-                  "smoothness index (TDANN)", lambda m: m["smoothness_topo"]),
-    "topolm": ("validation loss (nats/token)", lambda m: m["val_loss_topo"], None, _topolm_topo),
-    "toponets-mlp": ("test accuracy (TopoLoss arm)", lambda m: m["accuracy_topo"],
-                     "Moran's I of the class-tuning maps", lambda m: m["morans_i_topo"]),
-    "in-context": ("test MSE of the in-context y after pruning (wiring arm)", lambda m: m["test_mse_last_pruned_bimt"],
-                   "Newman's Q (Louvain), wiring arm", lambda m: m["modularity_q_bimt"]),
-    "gpt-bimt": ("validation loss, wiring arm (nats/token)", lambda m: m["val_loss_bimt"],
-                 "Newman's Q (Louvain), wiring arm", lambda m: m["modularity_q_bimt"]),
-    "spatial-two-task": ("mean task accuracy", lambda m: float(np.mean(m["accuracy"])),
-                         "task separation (silhouette)", lambda m: m["task_separation"]["spatial"]),
-}
+# recipe kind → (task figure label, extractor, topography/modularity label, extractor): registered by each
+# recipe module (``kind(..., figures=...)``); filled by ``registry.load()``
+FIGURES: dict[str, tuple[str, Callable, str, Callable]] = registry.FIGURES
 
 
 def _split_values(text: str) -> list[str]:
@@ -89,6 +68,7 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
     returns the ``sweep.json`` content. ``strength`` names the grid key whose 0 is the control (default: the
     first grid key)."""
     r = load_recipe(recipe)
+    registry.load()
     if r.kind not in FIGURES:
         raise ConfigError(f"no sweep figures for recipe kind {r.kind!r}")
     if not grid:

@@ -30,6 +30,7 @@ from ..io import save_model, write_json
 from ..plot import plot_arm_curves
 from ..train import Relocation, WiringPenalty, fit, piecewise
 from . import kind
+from ..registry import Claim, claims
 from .common import start_run
 from .gptbimt import draw_block
 
@@ -150,7 +151,13 @@ def survivors(model, graph, thr: float) -> dict:
             "mlp_units_alive": mlp}
 
 
-@kind("in-context", InContextConfig)
+# task figure and topography figure of a sweep over this recipe
+SWEEP_FIGURES = ("test MSE of the in-context y after pruning (wiring arm)",
+                    lambda m: m["test_mse_last_pruned_bimt"], "Newman's Q (Louvain), wiring arm",
+                    lambda m: m["modularity_q_bimt"])
+
+
+@kind("in-context", InContextConfig, figures=SWEEP_FIGURES)
 def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bool = True) -> dict:
     cfg = cfg.resolved()
     out = start_run(cfg, out, resume)
@@ -233,3 +240,23 @@ def _predictions(models, xt, yt, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---- what `topotorch reproduce` checks ------------------------------------------------------------
+
+claims(
+    Claim("BIMT in-context linear regression", "in-context",
+          "a 2-block transformer learns y2 = w·x2 from the pair in its context, and pruned at 1e-2 a small circuit "
+          "remains (notebook 3.4). Held here: test MSE of the in-context prediction ≤ 1e-2 after pruning (1.42 "
+          "without context), ≤ 5 % of weights kept, fewer residual-stream units alive than the control's",
+          lambda m: f"test MSE {m['test_mse_last_pruned_bimt']:.1e} pruned (control {m['test_mse_last_pruned_control']:.1e}, "
+                    f"no context {m['baseline_mse_no_context']:.2f}); {m['params_kept_bimt']} vs "
+                    f"{m['params_kept_control']} weights kept; stream units alive {m['stream_units_alive_bimt']} vs "
+                    f"{m['stream_units_alive_control']}; Q {m['modularity_q_bimt']:.2f} vs {m['modularity_q_control']:.2f}",
+          lambda m: m["test_mse_last_pruned_bimt"] <= 1e-2 and m["params_kept_bimt"] <= 0.05 * m["arms"]["bimt"]["params_total"]
+          and m["stream_units_alive_bimt"] < m["stream_units_alive_control"],
+          "circuit.png", {}, {}, full_only=True,
+          figures=lambda m: {f"{k} {a}": m[f"{k}_{a}"] for k in ("test_mse_last_pruned", "params_kept",
+                                                                  "stream_units_alive", "modularity_q")
+                             for a in ("bimt", "control")}),
+)

@@ -19,6 +19,7 @@ from ..models import LeNet
 from ..plot import read_log
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
+from ..registry import Claim, claims, data_claims
 from .common import arm_steps, check_length, start_run
 
 
@@ -66,7 +67,12 @@ def lp_maps(model: LeNet, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     return torch.cat(got["act2"])
 
 
-@kind("locality-prior", LocalityConfig)
+# task figure and topography figure of a sweep over this recipe
+SWEEP_FIGURES = ("test accuracy (LP arm)", lambda m: m["accuracy_local"],
+                        "spatial variance of LP maps (cells², lower = more local)", lambda m: m["variance_local"])
+
+
+@kind("locality-prior", LocalityConfig, figures=SWEEP_FIGURES)
 def run_locality(cfg: LocalityConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """Both arms from the same initial weights and the same minibatches; each arm's run in ``out/ARM``."""
     out = start_run(cfg, out, resume)
@@ -155,3 +161,35 @@ def _plot_variance(v, ok, hist, path, m):
 
 def _num(x):
     return None if x is None else float(x)
+
+
+# ---- what `topotorch reproduce` checks ------------------------------------------------------------
+
+CLAIM = Claim("Locality prior (seed 001)", "locality-prior",
+          "accuracy 97.9 (local) vs 98.1 (control); LP-output spatial variance 8.46 vs 8.67, paired t = −6.5",
+          lambda m: f"accuracy {100 * m['accuracy_local']:.1f} vs {100 * m['accuracy_control']:.1f}; variance "
+                    f"{m['variance_local']:.2f} vs {m['variance_control']:.2f} (12×12 sheet), t = {m['t_statistic']:.1f}, "
+                    f"p = {m['p_value']:.1e}, {m['n_pairs']} pairs",
+          lambda m: abs(m["accuracy_local"] - m["accuracy_control"]) <= 0.02 and m["variance_local"] < m["variance_control"]
+          and m["p_value"] < 0.01, "maps.png", {}, {},
+          figures=lambda m: {"accuracy local": m["accuracy_local"], "accuracy control": m["accuracy_control"],
+                             "variance local": m["variance_local"], "variance control": m["variance_control"],
+                             "paired t": m["t_statistic"]})
+claims(CLAIM)
+
+
+@data_claims
+def _mnist_claims(folder) -> list[Claim]:
+    """The seed's MNIST setting (7×7 LP sheet) on MNIST IDX files in ``folder`` or ``folder/mnist-t10k``."""
+    from ..data import find_mnist
+    mdir = find_mnist(folder)
+    if mdir is None:
+        return []
+    over = {"data": "mnist", "data_dir": str(mdir.resolve()), "download": False, "side": 7, "epochs": 10}
+    return [Claim(
+        "Locality prior on MNIST (seed 001)", "locality-prior", "the seed's MNIST setting (7×7 LP sheet): " + CLAIM.published,
+        lambda m: f"accuracy {100 * m['accuracy_local']:.1f} vs {100 * m['accuracy_control']:.1f}; variance "
+                  f"{m['variance_local']:.2f} vs {m['variance_control']:.2f} (7×7), t = {m['t_statistic']:.1f}, "
+                  f"p = {m['p_value']:.1e}",
+        CLAIM.holds, "maps.png", over, {**over, "epochs": 3}, run_as="locality-prior-mnist",
+        figures=CLAIM.figures, data=f"MNIST ({mdir.name}, IDX)")]

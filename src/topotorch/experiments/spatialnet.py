@@ -26,6 +26,7 @@ from ..io import atomic_save_file, load_model, read_json, read_tensors, save_mod
 from ..models import MLP, SpatialNet
 from ..train import Batches, fit, make_optimizer
 from . import kind
+from ..registry import Claim, claims, command
 from .common import arm_steps, check_length, start_run
 
 __all__ = ["SpatialConfig", "TwoTask", "two_task_data", "train_spatial", "load_run", "record",
@@ -455,7 +456,12 @@ def score(run, loaded=None) -> dict:
     return scores
 
 
-@kind("spatial-two-task", SpatialConfig)
+# task figure and topography figure of a sweep over this recipe
+SWEEP_FIGURES = ("mean task accuracy", lambda m: float(np.mean(m["accuracy"])),
+                          "task separation (silhouette)", lambda m: m["task_separation"]["spatial"])
+
+
+@kind("spatial-two-task", SpatialConfig, figures=SWEEP_FIGURES)
 def run_two_task(cfg: SpatialConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """The ``spatial-two-task`` recipe: a spatial arm and an unregularised control (α = β = 0, positions
     fixed at their random start) with the same seed, each recorded, split and scored."""
@@ -481,3 +487,63 @@ def run_two_task(cfg: SpatialConfig, out, resume: bool = False, progress: bool =
     }
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+# ---- what `topotorch reproduce` checks ------------------------------------------------------------
+
+claims(
+    Claim("Spatial Neural Networks (seed 002)", "spatial-two-task",
+          "with transport and proximity costs, neurons split into task clusters; task split networks keep their task",
+          lambda m: f"task separation {m['task_separation']['spatial']:.2f} vs {m['task_separation']['control']:.2f} (control); "
+                    f"split accuracy {[round(a, 3) for a in m['split_accuracy']['spatial']]} of full "
+                    f"{[round(a, 3) for a in m['accuracy']]} vs control split {[round(a, 3) for a in m['split_accuracy']['control']]}",
+          lambda m: m["task_separation"]["spatial"] >= 0.3 and m["task_separation"]["spatial"] > m["task_separation"]["control"]
+          and all(s >= 0.9 * f and s > c for s, f, c in zip(m["split_accuracy"]["spatial"], m["accuracy"],
+                                                          m["split_accuracy"]["control"])),
+          "spatial/positions.png", {}, {},
+          figures=lambda m: {"task separation spatial": m["task_separation"]["spatial"],
+                             "task separation control": m["task_separation"]["control"],
+                             **{f"split accuracy task {t + 1} spatial": a for t, a in enumerate(m["split_accuracy"]["spatial"])},
+                             **{f"split accuracy task {t + 1} control": a for t, a in enumerate(m["split_accuracy"]["control"])}}),
+)
+
+
+# ---- the seed's workflow as subcommands: topotorch record / plot / split / score RUN ---------------------------
+
+def _run_arg(p):
+    p.add_argument("run", help="run directory of a spatial network (e.g. runs/spatial-two-task/spatial)")
+
+
+def _split_args(p):
+    _run_arg(p)
+    p.add_argument("--method", choices=["greedy", "probability"], default="greedy")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probability method")
+
+
+@command("record", "per-task mean |activation| and variance of every neuron of a run", _run_arg)
+def _cmd_record(args) -> int:
+    rec = record(args.run)
+    print(f"recorded {len(rec) // 2} hidden layers → {args.run}/record.safetensors")
+    return 0
+
+
+@command("plot", "neuron positions coloured by task preference; per-task specificity maps", _run_arg)
+def _cmd_plot(args) -> int:
+    for p in plot_run(args.run):
+        print(f"wrote {p}")
+    return 0
+
+
+@command("split", "assign neurons to tasks and write one task-specific model per task", _split_args)
+def _cmd_split(args) -> int:
+    a = split(args.run, args.method, args.seed)
+    sizes = [[int(sum(1 for o in layer if o == t)) for layer in a["layers"]] for t in range(2)]
+    print(f"split ({args.method}): neurons per hidden layer for each task {sizes} → {args.run}/split/")
+    return 0
+
+
+@command("score", "per-task accuracy of the full model and of each split model", _run_arg)
+def _cmd_score(args) -> int:
+    import json
+    print(json.dumps(score(args.run), indent=1))
+    return 0

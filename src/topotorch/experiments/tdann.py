@@ -25,6 +25,7 @@ from ..probe.sheets import Sheet
 from ..topography import attach
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
+from ..registry import Claim, claims, data_claims, front
 from .common import arm_steps, check_length, start_run
 
 
@@ -65,7 +66,7 @@ class TDANNConfig:
     batch_size: int = 64
     checkpoint_interval: int = 100
     threads: int = 1
-    permutations: int = 999         # shuffled-position permutations per map (orientation/category probes)
+    permutations: int = 199         # shuffled-position permutations per map (category probes; p ≥ 1/200)
 
     def validate(self):
         check_length(self)
@@ -89,7 +90,12 @@ def _responses(model, x, name):
     return F.relu(got[name][0])
 
 
-@kind("tdann-cnn", TDANNConfig)
+# task figure and topography figure of a sweep over this recipe
+SWEEP_FIGURES = ("test accuracy (topographic arm)", lambda m: m["accuracy_topo"],
+                   "smoothness index (TDANN)", lambda m: m["smoothness_topo"])
+
+
+@kind("tdann-cnn", TDANNConfig, figures=SWEEP_FIGURES)
 def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """Both arms from the same initial weights, positions and minibatches; each arm's run in ``out/ARM``."""
     out = start_run(cfg, out, resume)
@@ -223,3 +229,48 @@ def probe_run(run) -> list[Subject]:
         subs.append(Subject(arm, model, [Sheet(n, getattr(model, n), pos[n], "locations") for n in SHEETS],
                             input_shape=tuple(data.x_train.shape[1:])))
     return subs
+
+
+# ---- what `topotorch reproduce` checks ------------------------------------------------------------
+
+CLAIM = Claim("TDANN (topographic CNN)", "tdann-cnn",
+          "smooth topographic maps (smoothness ≈ 0.8, ImageNet ResNet-18) where a control has none, at a modest accuracy "
+          "cost; category-selective patches (Margalit et al. 2024). Held here: class-tuning smoothness ≥ 0.15 above the "
+          "control's, category-map Moran's I above the control's, accuracy within 3 points",
+          lambda m: f"smoothness {m['smoothness_topo']:.2f} vs {m['smoothness_control']:.2f} (conv2: "
+                    f"{m['smoothness_per_layer_topo']['conv2']:.2f}); category-map Moran's I {m['category_morans_i_topo']:.2f} "
+                    f"vs {m['category_morans_i_control']:.2f}; orientation-map smoothness "
+                    f"{m['orientation_smoothness_topo']:.2f} vs {m['orientation_smoothness_control']:.2f}; accuracy "
+                    f"{100 * m['accuracy_topo']:.1f} vs {100 * m['accuracy_control']:.1f}",
+          lambda m: m["smoothness_topo"] >= m["smoothness_control"] + 0.15 and abs(m["accuracy_topo"] - m["accuracy_control"]) <= 0.03
+          and m["category_morans_i_topo"] > m["category_morans_i_control"],
+          "corr_distance.png", {}, {},
+          figures=lambda m: {"smoothness topo": m["smoothness_topo"], "smoothness control": m["smoothness_control"],
+                             "category Moran's I topo": m["category_morans_i_topo"],
+                             "category Moran's I control": m["category_morans_i_control"],
+                             "orientation smoothness topo": m["orientation_smoothness_topo"],
+                             "orientation smoothness control": m["orientation_smoothness_control"],
+                             "pinwheels/Λ² topo": m["pinwheel_density_topo"],
+                             "pinwheels/Λ² control": m["pinwheel_density_control"],
+                             "accuracy topo": m["accuracy_topo"], "accuracy control": m["accuracy_control"]})
+claims(CLAIM)
+
+
+@data_claims
+def _mnist_claims(folder) -> list[Claim]:
+    """The same claim on MNIST IDX files in ``folder`` or ``folder/mnist-t10k`` (conv1 stride 2)."""
+    from ..data import find_mnist
+    mdir = find_mnist(folder)
+    if mdir is None:
+        return []
+    over = {"data": "mnist", "data_dir": str(mdir.resolve()), "stride": 2, "mode": "exact", "epochs": 3}
+    return [Claim("TDANN (topographic CNN) on MNIST", "tdann-cnn",
+                  "on MNIST (conv1 stride 2: 16×14×14 and 32×7×7 location units, exact loss): " + CLAIM.published,
+                  CLAIM.measured, CLAIM.holds, "maps.png", over, {**over, "epochs": 2}, run_as="tdann-cnn-mnist",
+                  figures=CLAIM.figures, data=f"MNIST ({mdir.name}, IDX)")]
+
+
+@front
+def _alpha_front(quick: bool, folder) -> list[tuple]:
+    """TDANN-CNN's α on sklearn's digits."""
+    return [("tdann-cnn", "tdann-cnn", {"alpha": [0, 2] if quick else [0, 0.5, 2, 8]}, {}, "sklearn digits")]

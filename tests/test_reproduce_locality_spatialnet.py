@@ -1,5 +1,8 @@
+import pytest
 """The claims of seeds 001 and 002 at the recipes' full default settings (~10 s and ~20 s here)."""
 from topotorch.recipes import run_recipe
+
+pytestmark = pytest.mark.slow  # a reproduction test: runs whole recipes
 
 
 def test_locality_prior_lowers_spatial_variance_at_equal_accuracy(tmp_path):
