@@ -18,7 +18,7 @@ import torch
 from topotorch import layout as L
 from topotorch.costs import SpatialCorrelationLoss, correlation_matrix
 from topotorch.gpt import GPT, GPTConfig
-from topotorch.relocate import swap_optimize, swap_optimize_batched
+from topotorch.swaps import swap_optimize, swap_optimize_batched
 
 
 class TopoLMReference:

@@ -73,7 +73,7 @@ def test_batched_path_is_accurate_when_means_dwarf_the_spread(dtype, mode):
 
 
 def test_group_covariance_gradients_with_overlapping_windows():
-    from topotorch.costs.correlation import _GroupCovariance
+    from topotorch.costs.kernels import _GroupCovariance
     g = torch.Generator().manual_seed(0)
     Xs = [(torch.randn(40, 10, generator=g, dtype=torch.float64) + 3).requires_grad_() for _ in range(2)]
     idx = torch.tensor([[[0, 1, 2], [2, 3, 4]], [[5, 5, 6], [9, 8, 7]]])  # a unit in two windows, one twice
@@ -159,7 +159,7 @@ def test_cuda_compiled_model_with_the_loss_matches_eager(order):
 @cuda
 def test_cuda_batched_swaps_keep_the_invariants():
     from topotorch.costs import correlation_matrix
-    from topotorch.relocate import swap_optimize_batched
+    from topotorch.swaps import swap_optimize_batched
     lay = L.grid(28, 28, spacing=1.0).random_permutation(torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     acts = (torch.randn(512, 8, generator=g) @ torch.randn(8, 784, generator=g)).cuda()

@@ -246,7 +246,7 @@ def test_sheet_names_are_module_paths_and_alpha_names_are_checked():
     v = sl()
     assert v.item() > 0 and list(sl.last) == ["blocks.0"]
     sl.remove()
-    with pytest.raises(ValueError, match="not attached modules"):
+    with pytest.raises(ValueError, match=r"alpha names \['blocks.9'\] are not sheets"):
         tt.attach(model, ["blocks.0", "blocks.1"], alpha={"blocks.0": 1.0, "blocks.9": 1.0})
     with pytest.raises(ValueError, match="no weight for"):
         tt.attach(model, ["blocks.0", "blocks.1"], alpha={"blocks.0": 1.0})

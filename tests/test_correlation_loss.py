@@ -108,7 +108,7 @@ def test_covariance_backward_matches_autograd():
     Xb = X.clone().float().requires_grad_(True)
     (covariance(Xb) * G.float()).sum().backward()
     assert torch.allclose(Xb.grad.double(), Xa.grad, atol=1e-4)
-    from topotorch.costs.correlation import _Covariance
+    from topotorch.costs.kernels import _Covariance
     assert torch.autograd.gradcheck(_Covariance.apply, (X[:, :8, :3].clone().requires_grad_(True),))
 
 
@@ -143,7 +143,7 @@ def test_window_covariance_matches_autograd_and_survives_two_forwards_before_bac
     (40, 30): small sheets gathered together; (700, 800): one sheet at a time, sheet 0's windows overlapping
     (computed from the covariance of their union), sheet 1's spread out (one batched product over windows).
     """
-    from topotorch.costs.correlation import _WindowCovariance
+    from topotorch.costs.kernels import _WindowCovariance
     g = torch.Generator().manual_seed(1)
     idx = torch.stack([torch.stack([torch.randperm(8 if s == 0 else n, generator=g)[:6] for _ in range(4)])
                        for s in range(2)])

@@ -4,7 +4,7 @@ import torch
 
 from topotorch import layout as L
 from topotorch.costs import correlation_matrix
-from topotorch.relocate import swap_optimize
+from topotorch.swaps import swap_optimize
 
 
 def _responses(seed=0, side=10, T=400):
@@ -51,7 +51,7 @@ def test_fast_and_naive_searches_accept_the_same_swaps():
 @pytest.mark.parametrize("kind", ["relative", "absolute"])
 def test_batched_swaps_keep_the_invariants_and_match_the_sequential_search(kind):
     from topotorch.costs import inverse_distance, pair_loss
-    from topotorch.relocate import swap_optimize_batched
+    from topotorch.swaps import swap_optimize_batched
     torch.manual_seed(0)
     n, side = 144, 12
     lay = L.grid(side, side, spacing=1.0).random_permutation(torch.Generator().manual_seed(1))
@@ -71,7 +71,7 @@ def test_batched_swaps_keep_the_invariants_and_match_the_sequential_search(kind)
 
 
 def test_one_batched_round_moves_units_only_within_a_window():
-    from topotorch.relocate import swap_optimize_batched
+    from topotorch.swaps import swap_optimize_batched
     n, side = 100, 10
     lay = L.grid(side, side, spacing=1.0)
     acts = torch.randn(300, n)

@@ -167,3 +167,38 @@ def responses(model: nn.Module, modules: Mapping[str, nn.Module], batches, units
 
 
 __all__ += ["responses"]
+
+
+# ---- compiled and wrapped models: the module the hooks go on ------------------------------------------
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module a wrapper stands for: ``torch.compile``'s ``OptimizedModule``, ``DistributedDataParallel``
+    or ``DataParallel`` (nested too); other modules unchanged."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _dynamo_used() -> bool:
+    """Whether TorchDynamo has compiled anything in this process (hooks added now would be skipped by it)."""
+    import sys
+    dyn = sys.modules.get("torch._dynamo.eval_frame")
+    if dyn is None:
+        return False
+    try:
+        from torch._dynamo.utils import counters
+        return bool(counters["stats"].get("unique_graphs", 0)) or bool(counters["frames"].get("ok", 0))
+    except Exception:  # private API: when unsure, treat compiled code as possibly present
+        return True
+
+
+def _reset_dynamo() -> None:
+    import torch._dynamo
+    torch._dynamo.reset()
+
+
+__all__ += ["unwrap_compiled"]

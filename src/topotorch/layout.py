@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["Layout", "distance", "line", "grid", "square", "square_grid", "ring", "explicit"]
+__all__ = ["Layout", "distance", "line", "grid", "square", "square_grid", "ring", "explicit", "proximity", "within"]
 
 
 class Layout:
@@ -201,3 +201,20 @@ def distance(a: Layout, b: Layout, p: float = 2.0, gap: float = 0.0) -> torch.Te
     else:
         d = diff.pow(p).sum(-1).pow(1 / p)
     return d.repeat(a.fold, b.fold)
+
+
+def proximity(d):
+    """TopoLM's and TDANN's target for response correlations, ``1 / (1 + d)``, of distances ``d`` (tensor or
+    array); the one definition every loss, search and prior uses."""
+    return 1.0 / (1.0 + d)
+
+
+def within(a, b, radius: float):
+    """``(len(a), len(b))`` mask of the unit pairs within ``radius`` of each other in every coordinate (a sup-norm
+    window: TopoLM's and TDANN's square neighbourhoods) for coordinates ``a (n_a, dim)``, ``b (n_b, dim)``,
+    tensors or arrays."""
+    diff = a[:, None, :] - b[None, :, :]
+    if isinstance(diff, torch.Tensor):
+        return diff.abs().amax(-1) <= radius + 1e-9
+    import numpy as np
+    return np.abs(diff).max(-1) <= radius + 1e-9

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from . import layout as L
-from .costs.correlation import SpatialCorrelationLoss, correlation_matrix, unwrap_compiled
-from .hooks import record, resolve_modules
+from .costs.correlation import SpatialCorrelationLoss, check_alpha, correlation_matrix
+from .hooks import record, resolve_modules, unwrap_compiled
 from .costs.smoothness import WeightSmoothness, sheet_shape
 from .layout import Layout
 
@@ -124,8 +124,8 @@ class Topography:
         """TDANN's swap pre-optimisation on the responses to ``inputs``: positions are swapped inside local
         windows when that lowers the spatial loss; the buffers are updated. Returns per-module info.
         ``windows × swaps`` candidates are tried; ``batched=True`` scores them in batches on the responses'
-        device (:func:`~topotorch.relocate.swap_optimize_batched`, for TDANN-scale counts)."""
-        from .relocate import swap_optimize, swap_optimize_batched
+        device (:func:`~topotorch.swaps.swap_optimize_batched`, for TDANN-scale counts)."""
+        from .swaps import swap_optimize, swap_optimize_batched
         model = unwrap_compiled(self.model)
         was = model.training
         model.eval()
@@ -235,18 +235,7 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
     for name, mod in resolved.items():
         if hasattr(mod, POSITIONS):
             raise ValueError(f"{name} already has unit positions ({POSITIONS}); detach(model) first if attach put them there")
-    if isinstance(alpha, dict):
-        unknown = sorted(set(alpha) - set(resolved))
-        if unknown:
-            raise ValueError(f"alpha names {unknown} are not attached modules; the modules are {list(resolved)}")
-        missing = [n for n in resolved if n not in alpha]
-        if missing:
-            raise ValueError(f"alpha has no weight for {missing}; give every module a weight (0 turns one off)")
-        alpha = {k: float(v) for k, v in alpha.items()}
-        if any(v < 0 for v in alpha.values()):
-            raise ValueError("alpha weights must be non-negative")
-    elif not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha < 0:
-        raise ValueError(f"alpha must be a non-negative number or a dict module path → weight, got {alpha!r}")
+    alpha = check_alpha(alpha, list(resolved))
     if smoothness < 0:
         raise ValueError(f"smoothness must be non-negative, got {smoothness}")
     shapes = {}

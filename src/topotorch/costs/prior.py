@@ -5,12 +5,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..layout import distance
+from ..layout import distance, proximity
 
 __all__ = ["DECAYS", "prior_matrix", "LocalityPrior", "apply_locality_prior", "LocalityLinear"]
 
 DECAYS = {
-    "inverse": lambda d, r: 1.0 / (1.0 + d),               # what the reference code used
+    "inverse": lambda d, r: proximity(d),                  # what the reference code used
     "inverse-sqrt": lambda d, r: 1.0 / torch.sqrt(1.0 + d),
     "inverse-square": lambda d, r: 1.0 / (1.0 + d) ** 2,
     "linear": lambda d, r: torch.clamp(1.0 - d / r, min=0.0),  # what the seed's text describes

@@ -116,9 +116,12 @@ def vision_report(sub: Subject, p: Protocol) -> dict:
             sheets = {n: {k: v for k, v in per_sheet[n][name_k].items() if k != "patch_labels"} for n in per_sheet}
             cats[name_k] = summarise({"sheets": sheets})
             cats[name_k]["patches"] = float(np.mean([v["patches"] for v in sheets.values()]))
-        res["categories"] = {"source": str(p.categories), "names": names, "n_images": int(len(x)), "by_category": cats}
-        res["correlation_vs_distance"] = {s.name: V.correlation_vs_distance(resp[s.name].numpy(), s.layout, seed=p.seed)
-                                          for s in sub.sheets}
+        res["categories"] = {"source": str(p.categories), "names": names, "n_images": int(len(x)), "by_category": cats,
+                             "category_patches": {k: c["patches"] for k, c in cats.items()}}
+    # TDANN's curve on natural image statistics: crops of scikit-image's photographs
+    nat = V.sheet_responses(sub.model, sub.sheets, V.natural_images((H, W), C, 256, p.seed), **kw)
+    res["correlation_vs_distance"] = {s.name: V.correlation_vs_distance(nat[s.name].numpy(), s.layout, seed=p.seed)
+                                      for s in sub.sheets}
     return res
 
 

@@ -142,33 +142,37 @@ def _folder_images(root: Path, size) -> tuple[torch.Tensor, np.ndarray, list[str
     return torch.stack(imgs), np.asarray(labels), names
 
 
+NATURAL = ("astronaut", "coffee", "chelsea", "cat", "rocket", "camera", "coins", "moon", "grass", "gravel", "brick",
+           "hubble_deep_field", "immunohistochemistry", "retina")
+
+
 def natural_images(size: int | tuple[int, int], channels: int = 3, n: int = 256, seed: int = 0) -> torch.Tensor:
-    """``n`` random square crops (a quarter to all of the shorter side) of scikit-image's bundled natural
-    photographs, resized to ``size``, in [0, 1]."""
+    """``n`` random square crops (a quarter to all of the shorter side) of scikit-image's bundled photographs
+    (:data:`NATURAL`, no download), resized to ``size``, in [0, 1]; grey photographs are repeated over channels,
+    colour ones averaged for a one-channel model."""
     from skimage import data as skd
     H, W = (size, size) if isinstance(size, int) else size
-    names = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "grass", "gravel",
-             "brick", "cell", "colorwheel", "hubble_deep_field", "immunohistochemistry", "motorcycle_left", "retina"]
     photos = []
-    for nm in names:
+    for nm in NATURAL:
         try:
             a = np.asarray(getattr(skd, nm)(), dtype=np.float32)
-        except Exception:  # an image that needs a download (pooch) on this install
+        except Exception:  # an image this scikit-image version does not ship
             continue
         a = a / (255.0 if a.max() > 1.5 else 1.0)
-        photos.append(a if a.ndim == 3 else a[..., None])
+        photos.append(torch.tensor(a if a.ndim == 3 else a[..., None])[..., :3].permute(2, 0, 1))
     if not photos:
-        raise RuntimeError("scikit-image ships no natural photographs on this install")
+        raise RuntimeError("scikit-image ships none of its natural photographs on this install")
     rs = np.random.RandomState(seed)
     out = []
     for _ in range(n):
         p = photos[rs.randint(len(photos))]
-        s = rs.randint(min(p.shape[:2]) // 4, min(p.shape[:2]) + 1)
-        y0, x0 = rs.randint(p.shape[0] - s + 1), rs.randint(p.shape[1] - s + 1)
-        crop = torch.tensor(p[y0:y0 + s, x0:x0 + s, :3]).permute(2, 0, 1)[None]
-        out.append(_resize(crop, (H, W), channels if crop.shape[1] in (1, channels) else crop.shape[1]))
-    x = torch.cat([o if o.shape[1] == channels else _resize(o.mean(1, keepdim=True), (H, W), channels) for o in out])
-    return x
+        side = rs.randint(min(p.shape[1:]) // 4, min(p.shape[1:]) + 1)
+        y0, x0 = rs.randint(p.shape[1] - side + 1), rs.randint(p.shape[2] - side + 1)
+        crop = p[None, :, y0:y0 + side, x0:x0 + side]
+        if crop.shape[1] != channels:
+            crop = crop.mean(1, keepdim=True)
+        out.append(_resize(crop, (H, W), channels))
+    return torch.cat(out)
 
 
 def sheet_responses(model, sheets: list[Sheet], images: torch.Tensor, batch: int = 64, transform=None,
