@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from ..data import load_dataset
-from ..hooks import record
+from ..hooks import responses
 from ..io import save_model, write_json
 from ..metrics import spatial_variance
 from ..models import LeNet
@@ -59,12 +59,8 @@ class LocalityConfig:
 
 
 def lp_maps(model: LeNet, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """Post-ReLU LP activation maps ``(N, side²)`` of ``model`` in eval mode."""
-    model.eval()
-    with torch.no_grad(), record({"act2": model.act2}) as got:
-        for i in range(0, len(x), batch):
-            model(x[i:i + batch])
-    return torch.cat(got["act2"])
+    """Post-ReLU LP activation maps ``(N, side²)`` of ``model`` (read in eval mode; the mode is restored)."""
+    return responses(model, {"act2": model.act2}, (x[i:i + batch] for i in range(0, len(x), batch)))["act2"]
 
 
 # task figure and topography figure of a sweep over this recipe

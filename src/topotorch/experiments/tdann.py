@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import metrics as M
 from ..data import load_dataset
-from ..hooks import record
+from ..hooks import responses
 from ..io import save_model, write_json
 from ..plot import read_log
 from ..probe.plots import plot_maps
@@ -81,13 +81,9 @@ class TDANNConfig:
 SHEETS = ("conv1", "conv2")
 
 
-@torch.no_grad()
 def _responses(model, x, name):
-    """Post-ReLU responses ``(N, C·H·W)`` of sheet ``name`` in eval mode."""
-    model.eval()
-    with record({name: getattr(model, name)}, "locations") as got:
-        model(x)
-    return F.relu(got[name][0])
+    """Post-ReLU responses ``(N, C·H·W)`` of sheet ``name`` (read in eval mode; the mode is restored)."""
+    return F.relu(responses(model, {name: getattr(model, name)}, [x], units="locations")[name])
 
 
 # task figure and topography figure of a sweep over this recipe

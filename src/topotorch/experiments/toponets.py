@@ -23,6 +23,7 @@ from .. import metrics as M
 from ..costs import WeightSmoothness
 from ..costs.smoothness import sheet_shape, weight_smoothness
 from ..data import load_dataset
+from ..hooks import responses
 from ..io import save_model, write_json
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
@@ -60,10 +61,9 @@ class TopoNetsConfig:
             raise ValueError("batch_size and checkpoint_interval must be ≥ 1")
 
 
-@torch.no_grad()
 def _hidden(model, x):
-    model.eval()
-    return F.relu(model[0](x))
+    """Post-ReLU responses of the hidden sheet (read in eval mode; the mode is restored)."""
+    return F.relu(responses(model, {"0": model[0]}, [x])["0"])
 
 
 # task figure and topography figure of a sweep over this recipe
