@@ -46,6 +46,9 @@ CASES = {
                    "preopt_swaps": 5, "channels": [4, 8]}, 1, ["topo.safetensors", "control.safetensors"]),
     "spatial-two-task": ({"steps": 30, "checkpoint_interval": 10, "hidden": [20, 12]}, 4,
                          ["spatial/model.safetensors", "control/model.safetensors"]),
+    # killed in the second arm, after the All-TNN arm finished
+    "all-tnn": ({"steps": 20, "checkpoint_interval": 10, "channels": [4, 4], "permutations": 9}, 3,
+                ["alltnn.safetensors", "lc.safetensors", "cnn.safetensors"]),
     # killed in the control arm, after the topographic arm finished: its metrics must survive the resume
     "topolm": ({"quick": True, "steps": 20, "checkpoint_interval": 10, "eval_interval": 5, "mode": "sampled",
                 "radius": 1.0}, 3, ["topo/model.safetensors", "control/model.safetensors"]),

@@ -150,6 +150,7 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
         metrics[f"preopt_{arm}"] = res[arm]["preopt"]
         g, cats = res[arm]["probe"]["gratings"], res[arm]["probe"]["categories"]["by_category"]
         metrics[f"orientation_smoothness_{arm}"] = g["orientation_smoothness"]
+        metrics[f"orientation_local_{arm}"] = g["orientation_local"]
         metrics[f"osi_{arm}"] = g["osi"]
         metrics[f"pinwheel_density_{arm}"] = g["pinwheel_density"]
         metrics[f"category_morans_i_{arm}"] = float(np.mean([c["morans_i"] for c in cats.values()]))

@@ -100,11 +100,13 @@ def vision_report(sub: Subject, p: Protocol) -> dict:
             per[s.name] = {"osi": _nanmean(tun["osi"]), "circular_variance": _nanmean(tun["circular_variance"]),
                            "responsive_fraction": float(ok.mean()), "pinwheels": pw["pinwheels"],
                            "pinwheel_density": pw["density"], "column_spacing_cells": pw["column_spacing"] * cell,
-                           "map_cell": cell, "orientation_smoothness": sm["smoothness"], "orientation_curve": sm["curve"],
+                           "map_cell": cell, "orientation_smoothness": sm["smoothness"], "orientation_local": sm["local"],
+                           "orientation_curve": sm["curve"],
                            "preferred": np.where(ok, tun["preferred"], np.nan).tolist(),
                            "osi_map": np.nan_to_num(tun["osi"]).tolist()}
         res["gratings"] = {"sheets": per, **{k: _nanmean([v[k] for v in per.values()]) for k in
-                                             ("osi", "circular_variance", "pinwheel_density", "orientation_smoothness")},
+                                             ("osi", "circular_variance", "pinwheel_density", "orientation_smoothness",
+                                              "orientation_local")},
                            "n_gratings": len(g.images)}
     if p.categories is not None:
         x, y, names = V.category_images(p.categories, (H, W), C, p.per_category, p.seed)
@@ -222,9 +224,10 @@ def table_rows(doc: dict) -> list[tuple]:
         if "gratings" in r:
             g = r["gratings"]
             rows += [("gratings", m, "mean", k, g[k]) for k in ("osi", "circular_variance", "pinwheel_density",
-                                                                 "orientation_smoothness")]
+                                                                 "orientation_smoothness", "orientation_local")]
             rows += [("gratings", m, n, k, v[k]) for n, v in g["sheets"].items()
-                     for k in ("osi", "pinwheels", "pinwheel_density", "column_spacing_cells", "orientation_smoothness")]
+                     for k in ("osi", "pinwheels", "pinwheel_density", "column_spacing_cells", "orientation_smoothness",
+                               "orientation_local")]
         for cat, c in r.get("categories", {}).get("by_category", {}).items():
             rows += [(f"category {cat}", m, "mean", k, c.get(k)) for k in keys + ("patches",)]
             rows += [(f"category {cat}", m, n, k, v.get(k)) for n, v in c["sheets"].items()

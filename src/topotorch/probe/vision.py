@@ -298,25 +298,34 @@ def pinwheel_density(z, spacing: float | None = None) -> dict:
 
 
 def preference_smoothness(values, layout, period: float | None = None, bins: int = 10, max_pairs: int = 2_000_000,
-                          seed: int = 0) -> dict:
-    """TDANN's smoothness of a preference map: with c_b the mean |Δ preference| of unit pairs in distance bin
-    b (circular with ``period``, e.g. 180 for orientation), S = (max_b c_b − c_0) / max_b c_b; also the curve.
-    NaN preferences are left out; more than ``max_pairs`` pairs are sampled (seeded)."""
+                          seed: int = 0, radius: float = 1.0) -> dict:
+    """How smooth a preference map is (circular differences with ``period``, e.g. 180 for orientation).
+
+    ``smoothness``: TDANN's index — with c_b the mean |Δ preference| of unit pairs in distance bin b, S =
+    (max_b c_b − c_0) / max_b c_b (depends on the bin width: ``bins`` equal bins up to the largest distance);
+    ``local``: 1 − (mean |Δ| between neighbours within ``radius`` cells) / (mean |Δ| between random units) — 0 for
+    a map without order, 1 when neighbours agree exactly, independent of binning; and the curve. NaN
+    preferences are left out; more than ``max_pairs`` pairs are sampled (seeded)."""
+    from .stats import neighbours
     v = np.asarray(values, dtype=np.float64)
     c = coords_of(layout)
     ok = np.isfinite(v)
     v, c = v[ok], c[ok]
     if len(v) < 3:
-        return {"smoothness": float("nan"), "curve": {"distance": [], "value": [], "count": []}}
+        return {"smoothness": float("nan"), "local": float("nan"), "curve": {"distance": [], "value": [], "count": []}}
+
+    def diff(a, b):
+        d = np.abs(a - b)
+        return np.minimum(d % period, period - d % period) if period else d
     i, j = pair_sample(len(v), max_pairs, seed)
     d = np.sqrt(((c[i] - c[j]) ** 2).sum(1))
-    dv = np.abs(v[i] - v[j])
-    if period:
-        dv = np.minimum(dv % period, period - dv % period)
+    dv = diff(v[i], v[j])
     curve = binned_curve(d, dv, bins)
     cb = np.asarray(curve["value"])
     top = cb.max()
-    return {"smoothness": float((top - cb[0]) / top) if top > 0 else 0.0, "curve": curve}
+    ni, nj = neighbours(c, radius).nonzero()
+    local = 1 - diff(v[ni], v[nj]).mean() / dv.mean() if len(ni) and dv.mean() > 0 else float("nan")
+    return {"smoothness": float((top - cb[0]) / top) if top > 0 else 0.0, "local": float(local), "curve": curve}
 
 
 # ---- categories and correlations --------------------------------------------------------------------
