@@ -57,7 +57,8 @@ def fronts(out: Path, quick: bool, seeds: int, data_dir=None, progress: bool = T
     within 2 % of the control's."""
     from .sweep import sweep
     registry.load()
-    specs = [spec for fn in registry.FRONTS for spec in fn(quick, data_dir)]
+    fns = sorted(registry.FRONTS, key=lambda fn: fn.__module__)  # by recipe module, whatever the import order
+    specs = [spec for fn in fns for spec in fn(quick, data_dir)]
     result = []
     for name, recipe, grid, fixed, data in specs:
         print(f"front {name}: {grid} × {seeds} seed(s) …", flush=True)
