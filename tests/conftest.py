@@ -13,3 +13,11 @@ SHARED = ROOT.parent / "shared"
 def _threads():
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="session")
+def tdann_run(tmp_path_factory):
+    """The tdann-cnn recipe at its defaults, run once for every test that reads it: ``(run dir, metrics)``."""
+    from topotorch.recipes import run_recipe
+    out = tmp_path_factory.mktemp("tdann")
+    return out, run_recipe("tdann-cnn", out, progress=False)

@@ -81,9 +81,10 @@ def test_cosine_smoothness_follows_the_layers_positions_and_is_zero_on_a_smooth_
 @pytest.mark.slow
 def test_all_tnn_recipe_writes_maps_and_figures_for_three_arms(tmp_path):
     from topotorch.recipes import run_recipe
-    m = run_recipe("all-tnn", tmp_path, {"steps": 30, "permutations": 19}, progress=False)
+    m = run_recipe("all-tnn", tmp_path, {"steps": 20, "channels": [9, 9], "permutations": 19}, progress=False)
     for arm in ("alltnn", "lc", "cnn"):
-        for key in ("accuracy", "orientation_local", "orientation_smoothness", "category_morans_i", "params"):
+        for key in ("accuracy", "orientation_local", "orientation_smoothness", "category_morans_i", "params",
+                    "wiring_ratio"):
             assert np.isfinite(m[f"{key}_{arm}"]), (key, arm)
     assert m["params_alltnn"] == m["params_lc"] > m["params_cnn"]  # untied kernels: one per location
     # the loss is what made the All-TNN arm's kernels smooth: its value is far below the unconstrained arm's

@@ -133,3 +133,33 @@ def test_sparse_statistics_scale_to_a_tdann_sized_sheet():
     x = np.random.RandomState(0).randn(lay.n)
     res = S.morans_i_test(x, lay, permutations=9)
     assert abs(res["i"]) < 0.02 and res["p_value"] > 0.05
+
+
+@pytest.mark.parametrize("kind", ["conv", "local", "linear"])
+def test_connections_are_the_layers_jacobian(kind):
+    from topotorch.locally_connected import LocallyConnected2d
+    torch.manual_seed(0)
+    shape = (2, 5, 6)
+    mod = {"conv": torch.nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False),
+           "local": LocallyConnected2d(2, 3, (5, 6), 3, padding=1, bias=False),
+           "linear": torch.nn.Linear(60, 7, bias=False)}[kind]
+    x = torch.randn(1, *shape)
+    f = (lambda v: mod(v.view(1, *shape)).flatten()) if kind != "linear" else (lambda v: mod(v[None])[0])
+    J = torch.autograd.functional.jacobian(f, x.flatten()).abs().numpy()
+    d, s, w = S.connections(mod, shape if kind != "linear" else None)
+    M = np.zeros_like(J)
+    np.add.at(M, (d, s), w)
+    assert np.allclose(M, J, atol=1e-6)
+
+
+def test_wiring_length_equals_a_direct_sum_and_pooled_positions_are_block_means():
+    rs = np.random.RandomState(0)
+    a, b = rs.rand(6, 2) * 4, rs.rand(5, 2) * 9
+    d, s, w = rs.randint(0, 6, 40), rs.randint(0, 5, 40), rs.rand(40)
+    got = S.wiring_length(d, s, w, a, b, permutations=19)
+    an, bn = (a - a.min(0)) / np.ptp(a, 0), (b - b.min(0)) / np.ptp(b, 0)
+    want = sum(wk * np.linalg.norm(an[dk] - bn[sk]) for dk, sk, wk in zip(d, s, w)) / w.sum()
+    assert got["length"] == pytest.approx(want) and got["ratio"] == pytest.approx(want / got["null"])
+    c = np.arange(2 * 4 * 4 * 2, dtype=float).reshape(-1, 2)
+    p = S.pooled_positions(c, 2, 4, 4, 2, 2)
+    assert np.allclose(p[0], c.reshape(2, 4, 4, 2)[0, :2, :2].mean((0, 1)))

@@ -78,16 +78,17 @@ def test_image_set_errors_are_named(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tdann_cnn_reports_orientation_and_category_maps_for_both_arms(tmp_path):
-    from topotorch.recipes import run_recipe
-    m = run_recipe("tdann-cnn", tmp_path, {"epochs": 2, "permutations": 49}, progress=False)
+def test_tdann_cnn_reports_orientation_and_category_maps_for_both_arms(tdann_run, tmp_path):
+    run, m = tdann_run
     for arm in ("topo", "control"):
-        for key in ("orientation_smoothness", "osi", "pinwheel_density", "category_morans_i", "category_patches"):
+        for key in ("orientation_smoothness", "orientation_local", "osi", "pinwheel_density", "category_morans_i",
+                    "category_patches", "wiring_ratio"):
             assert np.isfinite(m[f"{key}_{arm}"]), (key, arm)
+    assert m["category_morans_i_topo"] > m["category_morans_i_control"]  # held on 5/5 seeds (README)
     for f in ("orientation_maps.png", "category_maps.png", "probe.json"):
-        assert (tmp_path / f).stat().st_size > 0
+        assert (run / f).stat().st_size > 0
     # the run directory is probe-able as it is, with the same figures
-    assert main(["probe", str(tmp_path), "--gratings", "--permutations", "49", "--out", str(tmp_path / "p")]) == 0
+    assert main(["probe", str(run), "--gratings", "--permutations", "49", "--out", str(tmp_path / "p")]) == 0
     doc = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert doc["models"] == ["topo", "control"]
     for arm in ("topo", "control"):

@@ -3,8 +3,8 @@ from topotorch.recipes import run_recipe
 
 
 @pytest.mark.slow
-def test_tdann_cnn_is_smoother_than_control_at_equal_accuracy(tmp_path):
-    m = run_recipe("tdann-cnn", tmp_path, progress=False)
+def test_tdann_cnn_is_smoother_than_control_at_equal_accuracy(tdann_run):
+    tmp_path, m = tdann_run
     assert abs(m["accuracy_topo"] - m["accuracy_control"]) <= 0.03
     assert m["smoothness_topo"] >= m["smoothness_control"] + 0.15
     assert m["smoothness_per_layer_topo"]["conv2"] > 0.4

@@ -111,6 +111,13 @@ def _shape(text):
     return shape
 
 
+def _pair(text: str) -> tuple[str, str]:
+    if text.count(":") != 1 or not all(text.split(":")):
+        raise ValueError(f"--wiring takes A:B (two sheet names), got {text!r}")
+    a, b = text.split(":")
+    return a, b
+
+
 def _cmd_probe(args) -> int:
     """``topotorch probe MODEL``: see ``topotorch probe --help``."""
     from pathlib import Path
@@ -135,6 +142,7 @@ def _cmd_probe(args) -> int:
     proto = Protocol(stimuli=[(stimulus_table(args.stimuli), args.text, args.condition, args.contrast)] if args.stimuli else [],
                      blimp=blimp(args.blimp, args.phenomena.split(",") if args.phenomena else None) if args.blimp else None,
                      gratings=args.gratings, categories=args.categories, per_category=args.per_category,
+                     wiring=[_pair(w) for w in args.wiring],
                      fwhm=args.smooth or None, permutations=args.permutations, seed=args.seed)
     out = Path(args.out)
     doc = probe(subs, proto, out)
@@ -148,6 +156,9 @@ def _cmd_probe(args) -> int:
             g = r["gratings"]
             print(f"{m} gratings: OSI {_num(g['osi'])}, pinwheels/Λ² {_num(g['pinwheel_density'])}, orientation "
                   f"smoothness {_num(g['orientation_smoothness'])}")
+        for pair, wl in r.get("wiring", {}).items():
+            print(f"{m} wiring {pair}: length {wl['length']:.3f} vs {wl['null']:.3f} shuffled (ratio {wl['ratio']:.3f}, "
+                  f"p {wl['p_value']:.3f})")
         for cat, c in r.get("categories", {}).get("by_category", {}).items():
             print(f"{m} category {cat}: Moran's I {c['morans_i']:.3f} (null {c['morans_i_null']:.3f}, p "
                   f"{c['p_value']:.4f}), {c['patches']:.1f} patches per sheet")
@@ -243,6 +254,8 @@ def main(argv=None) -> int:
     pr.add_argument("--categories", help="category selectivity: lfw | digits | mnist:DIR | a folder of category folders")
     pr.add_argument("--per-category", type=int, default=100, help="images per category (default 100)")
     pr.add_argument("--input-shape", help="C,H,W of an image model's input (our runs know it)")
+    pr.add_argument("--wiring", nargs="+", metavar="A:B", default=[],
+                    help="wiring length of the weights by which sheet B reads sheet A (directly or pooled), vs shuffled")
     pr.add_argument("--permutations", type=int, default=999, help="shuffled-position permutations per map (default 999)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the permutations and samples")
     from . import registry

@@ -155,6 +155,7 @@ def run_alltnn(cfg: AllTNNConfig, out, resume: bool = False, progress: bool = Tr
         sheets = model.sheets()
         probe = vision_report(Subject(arm, model, sheets, input_shape=(xtr.shape[1], cfg.size, cfg.size)),
                               Protocol(gratings=True, categories=(xte, yte.numpy(), names), per_category=None,
+                                       wiring=list(zip(model.names, model.names[1:])),
                                        permutations=cfg.permutations, seed=cfg.seed))
         first, last = sheets[0].name, sheets[-1].name
         cats = probe["categories"]["by_category"]
@@ -170,6 +171,7 @@ def run_alltnn(cfg: AllTNNConfig, out, resume: bool = False, progress: bool = Tr
             f"category_patches_{arm}": float(np.mean([c["sheets"][last]["patches"] for c in cats.values()])),
             f"kernel_smoothness_{arm}": {s.name: _kernel_smoothness(model, s.name, s) for s in sheets},
             f"params_{arm}": sum(p.numel() for p in model.parameters()),
+            f"wiring_ratio_{arm}": float(np.mean([w["ratio"] for w in probe["wiring"].values()])),
         })
     metrics["seconds"] = round(seconds, 2)
     _plot(res, out, cfg)

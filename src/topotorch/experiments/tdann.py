@@ -135,7 +135,8 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
                       input_shape=tuple(data.x_test.shape[1:]))
         probe = vision_report(sub, Protocol(gratings=True, categories=(data.x_test, data.y_test.numpy(),
                                                                         list(data.output_names)),
-                                            per_category=None, permutations=cfg.permutations, seed=cfg.seed))
+                                            per_category=None, wiring=[("conv1", "conv2")],
+                                            permutations=cfg.permutations, seed=cfg.seed))
         hist = read_log(out / arm / "log.csv")
         res[arm] = {"accuracy": accuracy(model, data.x_test, data.y_test), "layers": layers, "probe": probe,
                     "history": {k: v.tolist() for k, v in hist.items()},
@@ -157,6 +158,7 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
         metrics[f"category_morans_i_null_{arm}"] = float(np.mean([c["morans_i_null"] for c in cats.values()]))
         metrics[f"category_p_value_{arm}"] = {k: c["p_value"] for k, c in cats.items()}
         metrics[f"category_patches_{arm}"] = float(np.mean([c["patches"] for c in cats.values()]))
+        metrics[f"wiring_ratio_{arm}"] = res[arm]["probe"]["wiring"]["conv1->conv2"]["ratio"]
     _plot(res, out)
     _plot_probe(res, out)
     write_json(out / "probe.json", {arm: r["probe"] for arm, r in res.items()}, indent=None)

@@ -14,6 +14,7 @@ from torch import nn
 
 from . import language as Lg
 from . import vision as V
+from ..hooks import first_tensor
 from .maps import summarise
 from .plots import plot_curves, plot_maps
 from .sheets import Sheet
@@ -44,6 +45,7 @@ class Protocol:
     gratings: bool = False
     categories: object = None
     per_category: int | None = 100
+    wiring: list = field(default_factory=list)   # [(sheet A, sheet B)]: B's module reads A's (pooled) output
     fwhm: float | None = 2.0
     permutations: int = 999
     seed: int = 0
@@ -120,11 +122,55 @@ def vision_report(sub: Subject, p: Protocol) -> dict:
             cats[name_k]["patches"] = float(np.mean([v["patches"] for v in sheets.values()]))
         res["categories"] = {"source": str(p.categories), "names": names, "n_images": int(len(x)), "by_category": cats,
                              "category_patches": {k: c["patches"] for k, c in cats.items()}}
+    if p.wiring:
+        res["wiring"] = {f"{a}->{b}": sheet_wiring(sub.model, sub.sheets, a, b, torch.zeros(1, C, H, W), p.seed)
+                         for a, b in p.wiring}
     # TDANN's curve on natural image statistics: crops of scikit-image's photographs
     nat = V.sheet_responses(sub.model, sub.sheets, V.natural_images((H, W), C, 256, p.seed), **kw)
     res["correlation_vs_distance"] = {s.name: V.correlation_vs_distance(nat[s.name].numpy(), s.layout, seed=p.seed)
                                       for s in sub.sheets}
     return res
+
+
+def sheet_wiring(model: nn.Module, sheets: list[Sheet], a: str, b: str, example, seed: int = 0,
+                 permutations: int = 99) -> dict:
+    """Wiring length of the weights by which sheet ``b``'s module reads sheet ``a`` (directly, or through pooling of
+    ``a``'s map), against shuffled positions (:func:`~topotorch.probe.stats.wiring_length`)."""
+    from .stats import connections, pooled_positions, wiring_length
+    by = {s.name: s for s in sheets}
+    for n in (a, b):
+        if n not in by:
+            raise ValueError(f"--wiring names {n!r}, which is not a probed sheet; sheets: {list(by)}")
+    sa, sb = by[a], by[b]
+    got = {}
+    def out_a(m, i, o):  # hooks return None: a returned value would replace the module's input/output
+        got.setdefault("a", tuple(first_tensor(o).shape))
+
+    def in_b(m, i):
+        got.setdefault("b", tuple(i[0].shape))
+    h1, h2 = sa.module.register_forward_hook(out_a), sb.module.register_forward_pre_hook(in_b)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example.to(next(model.parameters()).device))
+    finally:
+        h1.remove(), h2.remove()
+        model.train(was)
+    out_a, in_b = got["a"][1:], got["b"][1:]
+    src = sa.layout.unit_coords.numpy()
+    if isinstance(sb.module, nn.Linear):
+        if sb.units != "features" or in_b[-1] != sa.layout.n:
+            raise ValueError(f"{b} (Linear, {in_b[-1]} inputs) does not read the {sa.layout.n} units of {a}")
+        d, s_, w = connections(sb.module, None)
+    else:
+        if sa.units != "locations" or sb.units != "locations" or len(out_a) != 3 or len(in_b) != 3 or out_a[0] != in_b[0]:
+            raise ValueError(f"wiring length between {a} and {b} needs two retinotopic (units='locations') conv "
+                             f"sheets, {b} reading {a}'s map or a pooled copy; got maps {out_a} → {in_b}")
+        if out_a != in_b:
+            src = pooled_positions(src, *out_a, *in_b[1:])
+        d, s_, w = connections(sb.module, in_b)
+    return wiring_length(d, s_, w, sb.layout.unit_coords.numpy(), src, permutations, seed)
 
 
 def _nanmean(v) -> float | None:
@@ -146,7 +192,7 @@ def probe_subject(sub: Subject, p: Protocol) -> dict:
         return language_report(sub, p)
     if p.stimuli or p.blimp:
         raise ValueError(f"{sub.name} is an image model: --stimuli/--blimp probe language models")
-    if not p.gratings and p.categories is None:
+    if not p.gratings and p.categories is None and not p.wiring:
         raise ValueError("nothing to measure on an image model: give --gratings and/or --categories lfw|digits|mnist:DIR|DIR")
     return vision_report(sub, p)
 
@@ -228,6 +274,8 @@ def table_rows(doc: dict) -> list[tuple]:
             rows += [("gratings", m, n, k, v[k]) for n, v in g["sheets"].items()
                      for k in ("osi", "pinwheels", "pinwheel_density", "column_spacing_cells", "orientation_smoothness",
                                "orientation_local")]
+        for pair, wl in r.get("wiring", {}).items():
+            rows += [("wiring length", m, pair, k, wl[k]) for k in ("length", "null", "ratio", "p_value")]
         for cat, c in r.get("categories", {}).get("by_category", {}).items():
             rows += [(f"category {cat}", m, "mean", k, c.get(k)) for k in keys + ("patches",)]
             rows += [(f"category {cat}", m, n, k, v.get(k)) for n, v in c["sheets"].items()

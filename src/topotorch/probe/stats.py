@@ -12,7 +12,7 @@ from scipy import sparse, stats
 from scipy.spatial import cKDTree
 
 __all__ = ["coords_of", "neighbours", "morans_i", "morans_i_test", "smooth_map", "is_grid", "welch_t", "fdr",
-           "dprime", "patches", "binned_curve", "pair_sample"]
+           "dprime", "patches", "binned_curve", "pair_sample", "connections", "pooled_positions", "wiring_length"]
 
 
 def coords_of(layout_or_coords) -> np.ndarray:
@@ -206,3 +206,71 @@ def binned_curve(distance, value, bins: int = 12) -> dict:
     keep = cnt > 0
     return {"distance": ((edges[:-1] + edges[1:]) / 2)[keep].tolist(), "value": mean[keep].tolist(),
             "count": cnt[keep].tolist()}
+
+
+# ---- wiring length between two sheets ---------------------------------------------------------------
+
+def connections(module, in_shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weights of ``module`` as triplets ``(dst unit, src unit, |w|)``: an ``nn.Linear`` (units = features), or
+    an ``nn.Conv2d`` / ``LocallyConnected2d`` reading a map of ``in_shape = (C, H, W)`` (units channel-major, as
+    ``output.flatten(1)``; zero padding contributes nothing). Memory ∝ the number of weights used."""
+    import torch
+    from torch import nn
+    w = module.weight.detach().abs().double().cpu()
+    if isinstance(module, nn.Linear):
+        d, s = np.nonzero(np.ones(tuple(w.shape), dtype=bool))
+        return d, s, w.numpy()[d, s]
+    C, H, W = in_shape
+    idx = torch.arange(C * H * W, dtype=torch.float64).view(1, C, H, W) + 1  # 0 marks padding
+    k, stride, pad = module.kernel_size, module.stride, module.padding
+    if isinstance(pad, str):
+        raise ValueError("padding given as a string is not supported for wiring length")
+    cols = torch.nn.functional.unfold(idx, k, padding=pad, stride=stride)[0].long() - 1  # (C·kh·kw, L)
+    L = cols.shape[1]
+    O = module.out_channels
+    if hasattr(module, "unit_kernels"):                 # LocallyConnected2d: weight (L, O, K)
+        wk = w.permute(1, 2, 0)                         # (O, K, L)
+    else:
+        if getattr(module, "groups", 1) != 1:
+            raise ValueError("grouped convolutions are not supported for wiring length")
+        wk = w.reshape(O, -1, 1).expand(O, cols.shape[0], L)
+    dst = (torch.arange(O)[:, None, None] * L + torch.arange(L)[None, None, :]).expand(O, cols.shape[0], L)
+    src = cols[None].expand(O, -1, -1)
+    keep = (src >= 0).numpy().ravel()
+    return dst.numpy().ravel()[keep], src.numpy().ravel()[keep], wk.numpy().ravel()[keep]
+
+
+def _unit_frame(c: np.ndarray) -> np.ndarray:
+    lo, span = c.min(0), np.ptp(c, 0)
+    return (c - lo) / np.where(span > 0, span, 1.0)
+
+
+def pooled_positions(coords, channels: int, height: int, width: int, out_h: int, out_w: int) -> np.ndarray:
+    """Positions of a pooled map's units ``(channels·out_h·out_w, dim)``: the mean position of the units each one
+    pools (``height // out_h`` × ``width // out_w`` blocks), for a sheet of ``channels × height × width``
+    channel-major units."""
+    c = coords_of(coords).reshape(channels, height, width, -1)
+    fh, fw = height // out_h, width // out_w
+    if fh < 1 or fw < 1:
+        raise ValueError(f"cannot pool a {height}×{width} map to {out_h}×{out_w}")
+    c = c[:, :out_h * fh, :out_w * fw].reshape(channels, out_h, fh, out_w, fw, -1).mean((2, 4))
+    return c.reshape(channels * out_h * out_w, -1)
+
+
+def wiring_length(dst, src, weight, dst_coords, src_coords, permutations: int = 99, seed: int = 0) -> dict:
+    """Weighted mean length of the connections ``src → dst`` (weights ``|w|``), each sheet scaled to the unit
+    square (sheets aligned as cortical areas are, retinotopically): ``Σ |w| d / Σ |w|``; next to the same with the
+    source units' positions shuffled (``null``, mean over ``permutations``), their ``ratio`` (< 1: shorter than
+    chance) and a one-sided permutation ``p_value``."""
+    a, b = _unit_frame(coords_of(dst_coords)), _unit_frame(coords_of(src_coords))
+    w = np.asarray(weight, dtype=np.float64)
+    if w.sum() <= 0:
+        raise ValueError("no connection has a non-zero weight")
+
+    def length(bpos):
+        return float((w * np.sqrt(((a[dst] - bpos[src]) ** 2).sum(1))).sum() / w.sum())
+    obs = length(b)
+    rs = np.random.RandomState(seed)
+    null = np.array([length(b[rs.permutation(len(b))]) for _ in range(permutations)])
+    return {"length": obs, "null": float(null.mean()), "ratio": obs / float(null.mean()),
+            "p_value": float((1 + (null <= obs + 1e-12).sum()) / (1 + permutations))}
