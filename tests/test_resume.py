@@ -46,6 +46,8 @@ CASES = {
                    "preopt_swaps": 5, "channels": [4, 8]}, 1, ["topo.safetensors", "control.safetensors"]),
     "spatial-two-task": ({"steps": 30, "checkpoint_interval": 10, "hidden": [20, 12]}, 4,
                          ["spatial/model.safetensors", "control/model.safetensors"]),
+    "sernn": ({"steps": 20, "checkpoint_interval": 10, "strengths": [0.01, 0.1], "networks_per_strength": 1}, 1,
+              ["model.safetensors"]),
     # killed in the second arm, after the All-TNN arm finished
     "all-tnn": ({"steps": 20, "checkpoint_interval": 10, "channels": [4, 4], "permutations": 9}, 3,
                 ["alltnn.safetensors", "lc.safetensors", "cnn.safetensors"]),
