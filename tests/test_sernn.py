@@ -63,3 +63,11 @@ def test_sernn_recipe_writes_curves_for_both_regularisers(tmp_path):
         for key in ("accuracy", "modularity_q", "small_worldness", "mixed_selectivity", "energy"):
             assert len(m["curves"][reg][key]) == 2
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "networks.json").is_file()
+
+
+def test_bad_settings_are_refused_before_anything_runs(tmp_path):
+    from topotorch.recipes import run_recipe
+    for over, msg in (({"strengths": [-0.1]}, "≥ 0"), ({"scale": -1.0}, "≥ 0"), ({"grid": [5, 5]}, "three positive")):
+        with pytest.raises(ValueError, match=msg):
+            run_recipe("sernn", tmp_path / "r", over, progress=False)
+        assert not (tmp_path / "r" / "model.safetensors").exists()
