@@ -8,11 +8,11 @@ pytestmark = pytest.mark.slow  # a reproduction test: runs whole recipes
 
 
 def test_reproduce_reports_every_claim_over_seeds_in_a_self_contained_report(tmp_path, capsys):
-    rc = main(["reproduce", "--quick", "--seeds", "2", "--only", "locality-prior,tdann-cnn", "--out", str(tmp_path),
+    rc = main(["reproduce", "--quick", "--seeds", "2", "--only", "locality-prior,toponets-mlp", "--out", str(tmp_path),
                "--quiet"])
     rep = json.loads((tmp_path / "report.json").read_text())
     rows = rep["rows"]
-    assert [r["recipe"] for r in rows] == ["locality-prior", "tdann-cnn"]
+    assert [r["recipe"] for r in rows] == ["locality-prior", "toponets-mlp"]
     assert "majority" in rep["meta"]["rule"]
     for r in rows:
         assert r["seeds"] == [0, 1] and 0 <= r["held"] <= 2 and r["holds"] == (r["held"] == 2)

@@ -57,7 +57,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("recipe", list(CASES))
+SLOW = {"independence", "spatial-two-task", "all-tnn"}  # the longest runs: in the full suite, not in -m "not slow"
+
+
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW else r for r in CASES])
 def test_killed_and_resumed_run_equals_straight_run(recipe, tmp_path, monkeypatch):
     over, kill_at, files = CASES[recipe]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

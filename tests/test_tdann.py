@@ -13,6 +13,9 @@ def test_tdann_cnn_is_smoother_than_control_at_equal_accuracy(tdann_run):
         assert len(cd["distance"]) == len(cd["correlation"]) > 3
     for f in ("corr_distance.png", "maps.png", "topo.safetensors", "control.safetensors"):
         assert (tmp_path / f).stat().st_size > 0
+    from topotorch.experiments.tdann import CLAIM  # the reproduce row on this run: its figures and verdict
+    assert CLAIM.holds(m) and "category-map Moran's I" in CLAIM.measured(m)
+    assert set(CLAIM.figures(m)) >= {"category Moran's I topo", "orientation smoothness control"}
 
 
 @pytest.mark.slow
