@@ -10,12 +10,11 @@ times more weights, so a ratio above 1 is inherent; the loop shows what the batc
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from relocate import timed  # the benchmarks' one median-of-repeats timer
 from topotorch.locally_connected import LocallyConnected2d
 
 
@@ -30,15 +29,6 @@ def loop_forward(lc: LocallyConnected2d, x: torch.Tensor) -> torch.Tensor:
             patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].reshape(x.shape[0], -1)
             out[:, :, i, j] = patch @ lc.weight[i * Wo + j].T
     return out + lc.bias
-
-
-def timed(fn, reps: int) -> float:
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main():

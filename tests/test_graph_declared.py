@@ -12,82 +12,39 @@ from topotorch import layout as L
 from topotorch.costs import apply_locality_prior
 from topotorch.graph import NeuronGraph, Port
 
-
-
-
-class MyMLP(nn.Module):
-    """A user's non-Sequential MLP."""
-
-    def __init__(self, perm: bool = False):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 12), nn.Linear(12, 10), nn.Linear(10, 3)
-        if perm:
-            self.register_buffer("in_perm", torch.arange(4))
-            self.register_buffer("out_perm", torch.arange(3))
-
-    def forward(self, x):
-        if hasattr(self, "in_perm"):
-            x = x[..., self.in_perm]
-        y = self.fc3(F.silu(self.fc2(F.silu(self.fc1(x)))))
-        return y[..., torch.argsort(self.out_perm)] if hasattr(self, "out_perm") else y
-
-
-def _graph(m: MyMLP, perm: bool = False) -> NeuronGraph:
-    g = NeuronGraph()
-    a = g.add_layer("in", L.line(4), [Port(m, "in_perm", perm=True)] if perm else [])
-    b = g.add_layer("h1", L.line(12))
-    c = g.add_layer("h2", L.line(10))
-    d = g.add_layer("out", L.line(3), [Port(m, "out_perm", perm=True)] if perm else [])
-    g.connect(m.fc1, a, b)
-    g.connect(m.fc2, b, c)
-    g.connect(m.fc3, c, d)
-    return g
-
-
-def _same(a, b) -> bool:
-    """Equal to float32 rounding: within 1e-6 of the outputs' scale."""
-    return bool((a - b).abs().max() <= 1e-6 * max(1.0, b.abs().max().item()))
-
-
-def _scramble(m: nn.Module) -> None:
-    """Weights that make relocation move units: strong long connections."""
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn_like(p) * torch.rand(p.shape[0], 1) * 3)
+from usermodels import MyMLP, graph_of, same, scramble
 
 
 def test_hand_declared_graph_relocation_keeps_outputs_and_fixes_boundary_layers():
     m = MyMLP()
-    _scramble(m)
-    g = _graph(m)
+    scramble(m)
+    g = graph_of(m)
     x = torch.randn(64, 4)
     before = m(x)
     cost = tt.WiringCost(g)
     moved = tt.relocate(g, cost, top_k=12)
     assert moved > 0
-    assert _same(m(x), before)
+    assert same(m(x), before)
     assert not g.is_movable(0) and not g.is_movable(3) and g.is_movable(1)
     with pytest.raises(ValueError, match="layer 'in'.*permutation port"):
         g.permute(0, torch.tensor([1, 0, 2, 3]))
     with pytest.raises(ValueError, match="layer 'out'.*permutation port"):
         g.permute(3, torch.tensor([1, 0, 2]))
-    assert _same(m(x), before)
+    assert same(m(x), before)
     # metrics read model input/output indices, not slots
     assert tt.metrics.dependencies(g) == [[0, 1, 2, 3]] * 3
 
 
 def test_hand_declared_graph_with_permutation_ports_moves_boundaries_and_keeps_outputs():
     m = MyMLP(perm=True)
-    _scramble(m)
-    g = _graph(m, perm=True)
+    scramble(m)
+    g = graph_of(m, perm=True)
     x = torch.randn(64, 4)
     before = m(x)
     g.permute(0, torch.tensor([2, 0, 3, 1]))
     g.permute(3, torch.tensor([2, 0, 1]))
     tt.relocate(g, tt.WiringCost(g), top_k=12, method="assignment")
-    assert _same(m(x), before)
+    assert same(m(x), before)
     assert sorted(m.in_perm.tolist()) == [0, 1, 2, 3] and m.in_perm.tolist() != [0, 1, 2, 3]
     # dependencies are in the model's own input/output indices: cut input 2 off output 1
     with torch.no_grad():
@@ -110,7 +67,7 @@ def test_ports_must_be_parameters_or_buffers_and_permutation_ports_permutations(
 
 def test_explicitly_fixed_layer_is_skipped_and_refused():
     m = MyMLP()
-    _scramble(m)
+    scramble(m)
     g = NeuronGraph()
     a, b = g.add_layer("in", L.line(4)), g.add_layer("h1", L.line(12), movable=False)
     c, d = g.add_layer("h2", L.line(10)), g.add_layer("out", L.line(3))
@@ -133,16 +90,16 @@ def test_parametrized_weight_is_moved_through_its_original_or_refused():
     model = tt.MLP([4, 9, 9, 2])
     torch.nn.utils.parametrize.register_parametrization(model[2], "weight", Scale())
     g = tt.embed(model)
-    _scramble(model)
+    scramble(model)
     before = model(x)
     assert tt.relocate(g, tt.WiringCost(g), top_k=9) > 0
-    assert _same(model(x), before)
+    assert same(model(x), before)
 
     # a locality prior is fixed to positions: relocating its layer must refuse and change nothing
     model = tt.MLP([4, 9, 9, 2])
     apply_locality_prior(model[2], L.line(9), L.line(9))
     g = tt.embed(model)
-    _scramble(model)
+    scramble(model)
     before = model(x)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="parametrization.*LocalityPrior"):
@@ -162,8 +119,8 @@ class SkipMLP(MyMLP):
 
 def test_verify_finds_an_undeclared_tensor_and_leaves_the_model_as_it_was():
     m = SkipMLP()
-    _scramble(m)
-    g = _graph(m)
+    scramble(m)
+    g = graph_of(m)
     x = torch.randn(16, 4)
     state = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ValueError, match="'h1'.*'h2'|'h1'"):
@@ -173,6 +130,6 @@ def test_verify_finds_an_undeclared_tensor_and_leaves_the_model_as_it_was():
     g.verify(x, model=m)
     before = m(x)
     tt.relocate(g, tt.WiringCost(g), top_k=12)
-    assert _same(m(x), before)
+    assert same(m(x), before)
     m2 = MyMLP()
-    _graph(m2).verify(x, model=m2)  # a fully declared graph passes
+    graph_of(m2).verify(x, model=m2)  # a fully declared graph passes

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["UNITS", "first_tensor", "as_units", "record", "resolve_modules"]
+__all__ = ["UNITS", "first_tensor", "as_units", "record", "resolve_modules", "output_shapes"]
 
 UNITS = ("features", "channels", "locations")
 
@@ -111,6 +111,25 @@ def record(modules: Mapping[str, nn.Module] | Sequence[nn.Module], units: str | 
             h.remove()
 
 
+@torch.no_grad()
+def output_shapes(model: nn.Module, modules: Mapping[str, nn.Module], example_input) -> dict[str, tuple]:
+    """The shape of each module's output (its first tensor) in one forward pass of ``example_input`` (a tensor or a
+    tuple of arguments), run in eval mode under ``no_grad`` (no running-statistics updates) with the mode restored.
+    A module that does not run raises naming it."""
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    was = model.training
+    model.eval()
+    try:
+        with record(modules, None) as got:
+            model(*args)
+    finally:
+        model.train(was)
+    for n in modules:
+        if not got[n]:
+            raise ValueError(f"{n} did not run in the forward pass of example_input")
+    return {n: tuple(got[n][0].shape) for n in modules}
+
+
 def _mean_rest(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(2).mean(-1) if t.dim() > 2 else t
 
@@ -140,6 +159,12 @@ def responses(model: nn.Module, modules: Mapping[str, nn.Module], batches, units
             raise ValueError(f"units of {n} must be one of {UNITS}, got {k!r}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else None
+
+    def move(v):  # floating inputs in the model's dtype (a model moved to float64 or bfloat16 reads [0, 1] images too)
+        if not isinstance(v, torch.Tensor):
+            return v
+        return v.to(device, dtype) if dtype is not None and v.is_floating_point() else v.to(device)
     out: dict[str, list] = {n: [] for n in mods}
     was = model.training
     model.eval()
@@ -149,11 +174,11 @@ def responses(model: nn.Module, modules: Mapping[str, nn.Module], batches, units
                 for v in got.values():
                     v.clear()
                 if isinstance(inp, Mapping):
-                    model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inp.items()})
+                    model(**{k: move(v) for k, v in inp.items()})
                 elif isinstance(inp, tuple):
-                    model(*[v.to(device) if isinstance(v, torch.Tensor) else v for v in inp])
+                    model(*[move(v) for v in inp])
                 else:
-                    model(inp.to(device))
+                    model(move(inp))
                 for n in mods:
                     if len(got[n]) != 1:
                         raise ValueError(f"{n} ran {len(got[n])} times in one forward pass; probe a module that "

@@ -267,3 +267,14 @@ class Checkpointer:
         if first_error is not None:
             raise CheckpointError(f"no intact checkpoint in {self.dir}: {first_error}")
         return None
+
+
+def png_tag(path, alt: str = "") -> str:
+    """An ``<img>`` tag holding the PNG at ``path`` inline (a self-contained HTML page); a note when it is missing."""
+    import base64
+    import html
+    p = Path(path)
+    if not p.is_file():
+        return "<p><em>figure missing</em></p>"
+    data = base64.b64encode(p.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt or p.name)}" src="data:image/png;base64,{data}">'

@@ -312,16 +312,10 @@ def correlation_vs_distance(acts, layout_or_coords, bins: int = 12) -> dict:
     from .costs.correlation import correlation_matrix
     r = correlation_matrix(torch.as_tensor(acts, dtype=torch.float32)).double().numpy()
     c = _coords(layout_or_coords)
-    d = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    from .probe.stats import binned_curve
     i, j = np.triu_indices(len(c), 1)
-    dd, rr = d[i, j], r[i, j]
-    edges = np.linspace(dd.min(), dd.max() + 1e-9, bins + 1)
-    k = np.clip(np.digitize(dd, edges) - 1, 0, bins - 1)
-    cnt = np.bincount(k, minlength=bins)
-    mean = np.bincount(k, weights=rr, minlength=bins) / np.maximum(cnt, 1)
-    keep = cnt > 0
-    return {"distance": ((edges[:-1] + edges[1:]) / 2)[keep].tolist(), "correlation": mean[keep].tolist(),
-            "count": cnt[keep].tolist()}
+    cd = binned_curve(np.sqrt(((c[i] - c[j]) ** 2).sum(-1)), r[i, j], bins)
+    return {"distance": cd["distance"], "correlation": cd["value"], "count": cd["count"]}
 
 
 def smoothness_index(values, layout_or_coords, bins: int = 10) -> float:

@@ -2,7 +2,6 @@
 run, and write ``report.md`` and a self-contained ``report.html`` (figures embedded)."""
 from __future__ import annotations
 
-import base64
 import html
 import json
 import platform
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from . import registry
-from .io import atomic_write_text
+from .io import atomic_write_text, png_tag
 from .recipes import load_recipe, run_recipe
 from .registry import Claim
 
@@ -165,11 +164,7 @@ def _markdown(rows, meta, front=()) -> str:
 
 def _html(rows, meta, out: Path, front=()) -> str:
     def img(path):
-        p = out / path
-        if not p.is_file():
-            return "<p><em>figure missing</em></p>"
-        data = base64.b64encode(p.read_bytes()).decode()
-        return f'<img alt="{html.escape(path)}" src="data:image/png;base64,{data}">'
+        return png_tag(out / path, path)
     esc = html.escape
     body = [f"<h1>topotorch reproduction report{' (quick)' if meta['quick'] else ''}</h1>",
             f"<p>{esc(meta['date'])} · torch {esc(meta['torch'])} · Python {esc(meta['python'])} · "

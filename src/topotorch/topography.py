@@ -24,7 +24,7 @@ from torch import nn
 
 from . import layout as L
 from .costs.correlation import SpatialCorrelationLoss, check_alpha, correlation_matrix
-from .hooks import record, resolve_modules, unwrap_compiled
+from .hooks import output_shapes, record, resolve_modules, unwrap_compiled
 from .costs.smoothness import WeightSmoothness, sheet_shape
 from .layout import Layout
 
@@ -242,18 +242,7 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
     if units == "locations" and example_input is None:
         raise ValueError("units='locations' needs example_input to learn the feature-map sizes")
     if example_input is not None:
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
-        was = base.training
-        base.eval()  # no running-statistics updates from the probe
-        try:
-            with torch.no_grad(), record(resolved, None) as got:
-                base(*args)
-        finally:
-            base.train(was)
-        for n in resolved:
-            if not got[n]:
-                raise ValueError(f"{n} did not run in the forward pass of example_input")
-            shapes[n] = tuple(got[n][0].shape)
+        shapes = output_shapes(base, resolved, example_input)
     kinds = {n: _units_of(m, units, shapes.get(n)) for n, m in resolved.items()}
     entries = []
     for i, (name, mod) in enumerate(resolved.items()):

@@ -26,6 +26,7 @@ from .. import layout as L
 from .. import metrics as M
 from ..gpt import GPT, GPTConfig
 from ..probe import language as Lg
+from ..probe.plots import plot_maps as draw
 from ..probe.load import register_run_loader
 from ..probe.run import Subject
 from ..probe.sheets import Sheet
@@ -324,30 +325,10 @@ def analyse_lm(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, devic
     return res
 
 
-def _grid_image(values, lay: L.Layout) -> np.ndarray:
-    c = lay.unit_coords.numpy().round().astype(int)
-    img = np.full((c[:, 1].max() + 1, c[:, 0].max() + 1), np.nan)
-    img[c[:, 1], c[:, 0]] = values
-    return img
-
-
 def plot_maps(results: dict, layouts: dict, path, key: str = "t_map", title: str = "noun − verb Welch t"):
-    arms = list(results)
-    names = list(next(iter(results.values()))["sheets"])
-    fig, axes = plt.subplots(len(arms), len(names), figsize=(2.6 * len(names), 2.7 * len(arms)), squeeze=False)
-    for r, arm in enumerate(arms):
-        for k, name in enumerate(names):
-            s = results[arm]["sheets"][name]
-            v = np.asarray(s[key])
-            lim = np.abs(v).max() or 1.0
-            im = axes[r, k].imshow(_grid_image(v, layouts[arm][name]), cmap="RdBu_r", vmin=-lim, vmax=lim)
-            axes[r, k].set_title(f"{arm} {name}\nMoran's I {M.morans_i(v, layouts[arm][name]):.2f}", fontsize=8)
-            axes[r, k].set_xlabel("x (cells)", fontsize=7); axes[r, k].set_ylabel("y (cells)", fontsize=7)
-            fig.colorbar(im, ax=axes[r, k], fraction=0.046, label="t")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Every arm's t-maps on its sheets (:func:`topotorch.probe.plots.plot_maps`), each titled by its Moran's I."""
+    draw({arm: {name: (s[key], layouts[arm][name], f"Moran's I {M.morans_i(s[key], layouts[arm][name]):.2f}")
+                for name, s in r["sheets"].items()} for arm, r in results.items()}, path, title)
 
 
 def plot_corr_distance(results: dict, path):

@@ -91,18 +91,15 @@ def load_subjects(spec: str, name: str = "model", sheets=None, layout: str = "gr
 
     ``sheets``/``layout``/``units``: modules to read on a model that carries no positions (``--sheets``).
     ``reference``: sheets whose layouts a control without positions reuses."""
-    from ..topography import Topography
-    from .run import control_sheets
     p = Path(spec)
     if ":" in spec and not p.exists():
         model, topo, info = _from_function(spec)
-        tok = info.get("tokenizer", "__none__")
-        language = info.get("language", tok != "__none__" or info.get("block_size") is not None)
+        # a language model says so, or brings a tokenizer (None: bytes) or a context window
+        language = info.get("language", "tokenizer" in info or "block_size" in info)
         shape = tuple(info["input_shape"]) if "input_shape" in info else input_shape
-        sh = _sheets(model, topo if isinstance(topo, Topography) or topo is not None else sheets, layout, units,
-                     shape, reference)
-        return [Subject(name, model, sh, None if tok == "__none__" else tok, info.get("block_size"), shape,
-                        info.get("transform"), bool(language))]
+        sh = _sheets(model, topo if topo is not None else sheets, layout, units, shape, reference, ids=language)
+        return [Subject(name, model, sh, info.get("tokenizer"), info.get("block_size"), shape, info.get("transform"),
+                        bool(language))]
     if not p.exists():
         raise FileNotFoundError(f"{spec}: no such run directory, HuggingFace folder or module:function")
     conf_path = p / "config.json"

@@ -2,7 +2,6 @@
 ``probe.json``, PNG maps and one self-contained ``probe.html``. ``topotorch probe`` calls :func:`probe`."""
 from __future__ import annotations
 
-import base64
 import html
 import math
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from . import vision as V
 from ..hooks import first_tensor
 from .maps import summarise
 from .plots import plot_curves, plot_maps
+from ..layout import Layout
 from .sheets import Sheet
 
 __all__ = ["Subject", "Protocol", "probe_subject", "probe", "control_sheets", "language_report", "vision_report"]
@@ -62,7 +62,7 @@ def control_sheets(control: nn.Module, sheets: list[Sheet]) -> list[Sheet]:
         except AttributeError:
             raise ValueError(f"the control has no module {s.name!r} (the probed model's sheet)") from None
         pos = mod._buffers.get("topo_positions")
-        lay = s.layout if pos is None else type(s.layout)(pos.detach().double().cpu(), kind=s.layout.kind)
+        lay = s.layout if pos is None else Layout(pos.detach().double().cpu(), kind=s.layout.kind)
         if lay.n != s.layout.n:
             raise ValueError(f"the control's {s.name} has {lay.n} positioned units, the model's {s.layout.n}")
         out.append(Sheet(s.name, mod, lay, s.units))
@@ -284,7 +284,7 @@ def table_rows(doc: dict) -> list[tuple]:
 
 
 def _html(doc: dict, out: Path) -> None:
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, png_tag
     esc = html.escape
     body = [f"<h1>topotorch probe</h1><p>models: {esc(', '.join(doc['models']))}; sheets: {esc(', '.join(doc['sheets']))}; "
             f"{doc['permutations']} shuffled-position permutations per map; smoothing FWHM {doc['fwhm']} cells. "
@@ -295,8 +295,7 @@ def _html(doc: dict, out: Path) -> None:
              for a, b, c, d, e in table_rows(doc)]
     body.append("</table>")
     for f in doc["figures"]:
-        data = base64.b64encode((out / f).read_bytes()).decode()
-        body.append(f"<h2>{esc(f)}</h2><img alt='{esc(f)}' src='data:image/png;base64,{data}'>")
+        body.append(f"<h2>{esc(f)}</h2>{png_tag(out / f, f)}")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
     atomic_write_text(out / "probe.html", f"<!doctype html><html><head><meta charset='utf-8'><title>topotorch probe"

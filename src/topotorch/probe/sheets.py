@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..hooks import record, resolve_modules
+from ..hooks import output_shapes, resolve_modules
 from ..layout import Layout
 from .stats import is_grid
 
@@ -98,18 +98,7 @@ def find_sheets(model: nn.Module, sheets=None, layout: str | Layout = "grid", un
     if need_shapes:
         if example_input is None:
             raise ValueError("sheets named without positions need example_input to learn their sizes")
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), record(mods, None) as got:
-                model(*args)
-        finally:
-            model.train(was)
-        for n in mods:
-            if not got[n]:
-                raise ValueError(f"{n} did not run in the forward pass of the example input")
-            shapes[n] = tuple(got[n][0].shape)
+        shapes = output_shapes(model, mods, example_input)
     out = []
     for i, (name, mod) in enumerate(mods.items()):
         conv = isinstance(mod, nn.modules.conv._ConvNd) or len(shapes.get(name, ())) == 4

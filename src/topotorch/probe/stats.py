@@ -230,6 +230,9 @@ def connections(module, in_shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ``output.flatten(1)``; zero padding contributes nothing). Memory ∝ the number of weights used."""
     import torch
     from torch import nn
+    if not (isinstance(module, (nn.Linear, nn.Conv2d)) or hasattr(module, "unit_kernels")):
+        raise ValueError(f"wiring length reads the weights of a Linear, Conv2d or LocallyConnected2d; the reading "
+                         f"module is a {type(module).__name__} (name its conv or linear layer as the sheet)")
     w = module.weight.detach().abs().double().cpu()
     if isinstance(module, nn.Linear):
         d, s = np.nonzero(np.ones(tuple(w.shape), dtype=bool))

@@ -86,11 +86,15 @@ def category_images(source, size: int | tuple[int, int], channels: int = 3, per_
     category, or a tuple ``(images, labels[, names])``. ``per_category`` keeps a seeded subset of each."""
     H, W = (size, size) if isinstance(size, int) else size
     if isinstance(source, tuple):
-        x, y = torch.as_tensor(source[0]), np.asarray(source[1])
-        names = list(source[2]) if len(source) > 2 else [str(c) for c in sorted(set(y.tolist()))]
-        if not (len(names) and set(np.unique(y).tolist()) <= set(range(len(names)))):
-            y = np.searchsorted(np.unique(y), y)
-            names = [str(c) for c in np.unique(np.asarray(source[1]))]
+        x, raw = torch.as_tensor(source[0]), np.asarray(source[1])
+        if len(source) > 2:  # labels index the given names
+            names = list(source[2])
+            if raw.dtype.kind not in "iu" or raw.min() < 0 or raw.max() >= len(names):
+                raise ValueError(f"labels must be indices into the {len(names)} category names {names}")
+            y = raw
+        else:  # any labels: their sorted distinct values are the categories
+            classes, y = np.unique(raw, return_inverse=True)
+            names = [str(c) for c in classes]
     elif source == "lfw":
         from skimage.data import lfw_subset
         x = torch.tensor(lfw_subset(), dtype=torch.float32)  # 100 faces, then 100 non-faces, 25×25 in [0, 1]
@@ -183,7 +187,11 @@ def sheet_responses(model, sheets: list[Sheet], images: torch.Tensor, batch: int
         for k in range(0, len(images), batch):
             x = images[k:k + batch]
             yield transform(x) if transform is not None else x
-    got = responses(model, {s.name: s.module for s in sheets}, batches(), units={s.name: s.units for s in sheets})
+    try:
+        got = responses(model, {s.name: s.module for s in sheets}, batches(), units={s.name: s.units for s in sheets})
+    except RuntimeError as e:  # shape or channel mismatch inside the model's forward
+        raise ValueError(f"the model does not take images of shape {tuple(images.shape[1:])} ({' '.join(str(e).split())}); "
+                         "give its input shape (--input-shape C,H,W) or its transform") from None
     return {k: v.clamp_min(0) if rectify else v for k, v in got.items()}
 
 
