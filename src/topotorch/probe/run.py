@@ -153,7 +153,8 @@ def sheet_wiring(model: nn.Module, sheets: list[Sheet], a: str, b: str, example,
     model.eval()
     try:
         with torch.no_grad():
-            model(example.to(next(model.parameters()).device))
+            ref = next(model.parameters())
+            model(example.to(ref.device, ref.dtype if ref.is_floating_point() else example.dtype))
     finally:
         h1.remove(), h2.remove()
         model.train(was)
