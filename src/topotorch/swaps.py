@@ -10,7 +10,11 @@ import torch
 from .costs.correlation import pair_loss
 from .layout import Layout, proximity, within
 
-__all__ = ["swap_optimize", "swap_optimize_batched"]
+__all__ = ["swap_optimize", "swap_optimize_batched", "swap_optimize_windows", "SHEET_SWAP_UNITS"]
+
+# Sheets up to this size are pre-optimised against the whole sheet's loss (a few (n, n) float64 matrices, about
+# 1 GB at 4096 units); larger ones window by window (:func:`swap_optimize_windows`), as TDANN.
+SHEET_SWAP_UNITS = 4096
 
 
 def _window_units(P: np.ndarray, centre: int, radius: float) -> np.ndarray:
@@ -50,8 +54,9 @@ def swap_optimize(r, layout, windows: int = 50, swaps_per_window: int = 50, radi
     rs = np.random.RandomState(seed)
 
     def full_loss(P):
-        d = np.sqrt(((P[:, None, :] - P[None, :, :]) ** 2).sum(-1))
-        return float(pair_loss(torch.from_numpy(R + np.eye(n)), torch.from_numpy(proximity(d)), kind))
+        Pt = torch.from_numpy(P)  # cdist without the product shortcut: exact differences, no (n, n, dim) tensor
+        d = torch.cdist(Pt, Pt, compute_mode="donot_use_mm_for_euclid_dist")
+        return float(pair_loss(torch.from_numpy(R + np.eye(n)), proximity(d), kind))
 
     def drow(a):
         return proximity(np.sqrt(((P - P[a]) ** 2).sum(1)))
@@ -202,3 +207,98 @@ def swap_optimize_batched(r, layout, candidates: int = 100_000, radius: float = 
 
 
 __all__ += ["swap_optimize_batched"]
+
+
+@torch.no_grad()
+def swap_optimize_windows(acts, layout, windows: int = 50, swaps_per_window: int = 50, radius: float = 5.0,
+                          kind: str = "relative", seed: int = 0, check_windows: int = 32):
+    """TDANN's pre-optimisation window by window, for sheets too large for an (n, n) matrix (200k units).
+
+    For each of ``windows`` sup-norm windows (``radius``, layout units) around a random position: the response
+    correlations of the units now in it, from ``acts`` (samples × n), and their distances, both (m, m); then
+    ``swaps_per_window`` candidate swaps of two of its units, each kept when it lowers the window's loss (the
+    change of Σ r·D is ``Σ_k (r_ak − r_bk)(D_bk − D_ak)``, O(m)). Positions stay a permutation of the original
+    ones. Memory: the activations plus O(n + m²).
+
+    ``loss_before``/``loss_after`` are the mean window loss over ``check_windows`` fixed windows (the same
+    positions before and after), a sampled estimate of the sheet's loss; ``window_loss_before``/``_after`` the mean
+    loss of the optimised windows before and after their own swaps (never higher: a swap is kept only when it
+    lowers it; pairs that leave a window can still get worse, so the sheet's loss usually but not always falls).
+
+    Returns ``(new_layout, info)`` with ``info = {"tried", "accepted", "loss_before", "loss_after",
+    "window_loss_before", "window_loss_after", "seconds", "scope": "windows", "window_units"}`` (mean units per
+    optimised window).
+    """
+    import time as _time
+    from .costs.kernels import correlation_matrix
+    from .windows import Windows
+    if kind not in ("relative", "absolute"):
+        raise ValueError(f"kind must be 'relative' or 'absolute', got {kind!r}")
+    if layout.fold != 1:
+        raise ValueError("swap_optimize_windows works on layouts without folds")
+    X = torch.as_tensor(acts)
+    n = layout.n
+    if X.dim() != 2 or X.shape[1] != n:
+        raise ValueError(f"acts must be (samples, {n}), got {tuple(X.shape)}")
+    if X.shape[0] < 2:
+        raise ValueError("acts need at least two samples to correlate units")
+    pts = layout.coords.double()
+    index = Windows(pts, radius)                   # over the fixed points; occ[p] is the unit on point p
+    occ = torch.arange(n)
+    rs = np.random.RandomState(seed)
+
+    def window(p):
+        P = index.members(p)
+        units = occ[P]
+        r = correlation_matrix(X[:, units].double())
+        D = proximity(torch.cdist(pts[P], pts[P], compute_mode="donot_use_mm_for_euclid_dist"))
+        return P, r, D
+
+    check = rs.randint(n, size=check_windows)
+
+    def sampled_loss():
+        vals = [float(pair_loss(r, D, kind)) for P, r, D in map(window, check) if len(P) > 2]
+        if not vals:
+            raise ValueError(f"no window of radius {radius} holds three units; increase radius")
+        return float(np.mean(vals))
+
+    t0 = _time.perf_counter()
+    before = sampled_loss()
+    tried = accepted = 0
+    sizes, wb, wa = [], [], []
+    for _ in range(windows):
+        P, r, D = window(rs.randint(n))
+        m = len(P)
+        sizes.append(m)
+        if m < 3:
+            continue
+        wb.append(float(pair_loss(r, D, kind)))
+        R, Dn = r.numpy().copy(), D.numpy()
+        np.fill_diagonal(R, 0.0)
+        slot = np.arange(m)                        # slot[i]: the row of R of the unit now on point P[i]
+        for _ in range(swaps_per_window):
+            i, j = rs.choice(m, 2, replace=False)
+            ri, rj = R[slot[i]][slot], R[slot[j]][slot]  # correlations with the units on every point
+            mask = np.ones(m, dtype=bool)
+            mask[[i, j]] = False
+            tried += 1
+            if kind == "relative":
+                better = ((ri - rj) * (Dn[j] - Dn[i]))[mask].sum() > 1e-12
+            else:
+                better = (np.abs(ri - Dn[j]) + np.abs(rj - Dn[i]) - np.abs(ri - Dn[i]) - np.abs(rj - Dn[j]))[mask].sum() < -1e-12
+            if better:
+                slot[[i, j]] = slot[[j, i]]
+                accepted += 1
+        occ[P] = occ[P][torch.from_numpy(slot)]
+        s = torch.from_numpy(slot)
+        wa.append(float(pair_loss(r[s][:, s], D, kind)))
+    after = sampled_loss()
+    # unit u sits on point p where occ[p] = u: its new coordinates are pts[p]
+    where = torch.empty(n, dtype=torch.long)
+    where[occ] = torch.arange(n)
+    info = {"tried": tried, "accepted": accepted, "loss_before": before, "loss_after": after,
+            "window_loss_before": float(np.mean(wb)) if wb else float("nan"),
+            "window_loss_after": float(np.mean(wa)) if wa else float("nan"),
+            "seconds": _time.perf_counter() - t0, "scope": "windows", "window_units": float(np.mean(sizes))}
+    return Layout(layout.coords[where], fold=1, kind=layout.kind), info
+

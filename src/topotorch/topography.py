@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from . import layout as L
-from .costs.correlation import SpatialCorrelationLoss, check_alpha, correlation_matrix
+from .costs.correlation import MAX_EXACT_UNITS, SpatialCorrelationLoss, check_alpha, correlation_matrix
 from .hooks import output_shapes, record, resolve_modules, unwrap_compiled
 from .costs.smoothness import WeightSmoothness, sheet_shape
 from .layout import Layout
 
-__all__ = ["attach", "detach", "is_attached", "Topography", "retinotopic", "POSITIONS"]
+__all__ = ["attach", "detach", "is_attached", "Topography", "retinotopic", "window_radius", "POSITIONS", "WINDOW_UNITS"]
 
 POSITIONS = "topo_positions"
 
@@ -50,6 +50,23 @@ def retinotopic(channels: int, height: int, width: int, spacing: float | None = 
     return Layout(torch.tensor(pos.reshape(-1, 2)), kind="retinotopic")
 
 
+WINDOW_UNITS = 500  # units in one sampled window of a retinotopic sheet by default (TDANN: about 500)
+
+
+def window_radius(layout: Layout, units: int = WINDOW_UNITS) -> float:
+    """The sup-norm radius whose square window holds about ``units`` units at ``layout``'s mean density
+    (units per area of its bounding box): ``½·√(units · area / n)``."""
+    c = layout.unit_coords
+    extent = (c.max(0).values - c.min(0).values).clamp_min(1e-12)
+    area = float(extent.prod()) if c.shape[1] > 1 else float(extent[0])
+    side = math.sqrt(units * area / layout.n) if c.shape[1] > 1 else units * area / layout.n
+    return side / 2
+
+
+def alpha_on(alpha) -> bool:
+    return any(v > 0 for v in alpha.values()) if isinstance(alpha, dict) else alpha > 0
+
+
 def _default_layout(n: int) -> Layout:
     h, w = sheet_shape(n)  # row-major h × w cells, the same sheet TopoLoss uses
     return L.grid(h, w, spacing=1.0)
@@ -68,17 +85,18 @@ class Topography:
     """
 
     def __init__(self, model: nn.Module, entries: list, alpha, smoothness: float, factor: float,
-                 mode: str, kind: str, radius: float, neighbourhoods: int, seed: int):
+                 mode: str, kind: str, radius: dict, neighbourhoods: int, seed: int, max_exact_units: int):
         self.model, self.entries = model, entries
         self.alpha, self.smoothness = alpha, smoothness
         self.names = [e["name"] for e in entries]
-        on = any(v > 0 for v in alpha.values()) if isinstance(alpha, dict) else alpha > 0
+        on = alpha_on(alpha)
         weighted = [e["module"] for e in entries if e["units"] != "locations"]
         self.weights = WeightSmoothness(weighted, factor) if smoothness > 0 and weighted else None
         self.correlation = SpatialCorrelationLoss(
             [(e["name"], e["module"], self.positions(e["name"]), e["units"]) for e in entries],
             alpha=alpha, mode=mode, kind=kind, radius=radius, neighbourhoods=neighbourhoods,
-            generator=torch.Generator().manual_seed(seed), model=model) if on else None
+            generator=torch.Generator().manual_seed(seed), model=model, max_exact_units=max_exact_units) if on else None
+        self.radius, self.max_exact_units = radius, max_exact_units
         self._hook = unwrap_compiled(model).register_load_state_dict_post_hook(lambda m, keys: self.refresh())
         self.attached = True
 
@@ -123,9 +141,14 @@ class Topography:
                            seed: int = 0, kind: str | None = None, batched: bool = False) -> dict:
         """TDANN's swap pre-optimisation on the responses to ``inputs``: positions are swapped inside local
         windows when that lowers the spatial loss; the buffers are updated. Returns per-module info.
-        ``windows × swaps`` candidates are tried; ``batched=True`` scores them in batches on the responses'
-        device (:func:`~topotorch.swaps.swap_optimize_batched`, for TDANN-scale counts)."""
-        from .swaps import swap_optimize, swap_optimize_batched
+
+        ``windows × swaps`` candidates are tried. Sheets of up to :data:`~topotorch.swaps.SHEET_SWAP_UNITS`
+        (4096) units score each swap on the whole sheet (:func:`~topotorch.swaps.swap_optimize`; ``batched=True``:
+        :func:`~topotorch.swaps.swap_optimize_batched`, thousands of candidates per product); larger sheets
+        window by window, as TDANN (:func:`~topotorch.swaps.swap_optimize_windows`, memory O(units + window²)).
+        ``radius`` defaults to the sheet's sampled-loss radius on the window path, and on the whole-sheet path
+        to 2 (grids) or ``2√n/8`` (retinotopic sheets, in their own units)."""
+        from .swaps import SHEET_SWAP_UNITS, swap_optimize, swap_optimize_batched, swap_optimize_windows
         model = unwrap_compiled(self.model)
         was = model.training
         model.eval()
@@ -138,15 +161,20 @@ class Topography:
         if self.correlation is not None:
             self.correlation.clear()
         info = {}
+        k = kind or (self.correlation.kind if self.correlation is not None else "relative")
         for e in self.entries:
             lay = self.positions(e["name"])
-            r = correlation_matrix(got[e["name"]][0].float().cpu())
-            rad = radius if radius is not None else (2.0 if lay.kind != "retinotopic" else 2.0 * math.sqrt(lay.n) / 8)
-            k = kind or (self.correlation.kind if self.correlation is not None else "relative")
-            if batched:
-                new, info[e["name"]] = swap_optimize_batched(r, lay, windows * swaps, rad, kind=k, seed=seed)
+            acts = got[e["name"]][0].float().cpu()
+            if lay.n > SHEET_SWAP_UNITS:
+                rad = radius if radius is not None else self.radius[e["name"]]
+                new, info[e["name"]] = swap_optimize_windows(acts, lay, windows, swaps, rad, kind=k, seed=seed)
             else:
-                new, info[e["name"]] = swap_optimize(r, lay, windows, swaps, rad, kind=k, seed=seed)
+                r = correlation_matrix(acts)
+                rad = radius if radius is not None else (2.0 if lay.kind != "retinotopic" else 2.0 * math.sqrt(lay.n) / 8)
+                if batched:
+                    new, info[e["name"]] = swap_optimize_batched(r, lay, windows * swaps, rad, kind=k, seed=seed)
+                else:
+                    new, info[e["name"]] = swap_optimize(r, lay, windows, swaps, rad, kind=k, seed=seed)
             getattr(e["module"], POSITIONS).copy_(new.coords.to(getattr(e["module"], POSITIONS)))
         self.refresh()
         return info
@@ -193,8 +221,9 @@ def _units_of(mod: nn.Module, units: str, shape: tuple | None = None) -> str:
 
 def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units: str = "channels",
            layout: Layout | str | dict | None = None, alpha: float | dict = 1.0, smoothness: float = 0.0,
-           factor: float = 2.0, mode: str = "exact", kind: str = "relative", radius: float = 2.0,
-           neighbourhoods: int = 5, example_input=None, seed: int = 0) -> Topography:
+           factor: float = 2.0, mode: str = "exact", kind: str = "relative", radius: float | dict | None = None,
+           neighbourhoods: int | None = None, example_input=None, seed: int = 0,
+           max_exact_units: int = MAX_EXACT_UNITS) -> Topography:
     """Give the output units of ``modules`` positions and return the :class:`Topography` loss.
 
     Everything is validated (and ``example_input`` run) before the model is touched; on any error the model
@@ -213,7 +242,15 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
         alpha: weight of the spatial correlation loss (TopoLM/TDANN) per module, or a dict path → weight
             naming every module; 0 disables it.
         smoothness: weight of the TopoLoss-compatible weight smoothness (channels/Linear units only).
-        mode, kind, radius, neighbourhoods: see :class:`~topotorch.costs.SpatialCorrelationLoss`.
+        mode, kind: see :class:`~topotorch.costs.SpatialCorrelationLoss`. ``mode="exact"`` is refused (by
+            name, before the model is touched) on a sheet of more than ``max_exact_units`` units; ``"sampled"``
+            takes memory O(units + windows) at any size (TDANN's 200k-unit sheets).
+        radius: sup-norm radius of the sampled windows (layout units), one for all or a dict per module.
+            Default: on a retinotopic sheet (``units="locations"``; a dict names module paths), the radius whose square window holds
+            about :data:`WINDOW_UNITS` = 500 units at the sheet's mean density, ``½·√(500·area/n)`` (TDANN's
+            neighbourhoods); on every other sheet 2 cells.
+        neighbourhoods: windows per sheet per step; default 1 when every sheet is retinotopic (TDANN: one
+            neighbourhood per layer per batch), else 5 (TopoLM).
         example_input: a small input batch (a tensor or a tuple of arguments), run once in eval mode under
             ``no_grad`` to learn the number of units; needed for ``units="locations"`` and for modules
             without ``out_features``/``out_channels``.
@@ -222,8 +259,11 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
         raise ValueError(f"units must be 'channels' or 'locations', got {units!r}")
     if mode not in ("exact", "sampled") or kind not in ("relative", "absolute"):
         raise ValueError(f"mode must be 'exact' or 'sampled' and kind 'relative' or 'absolute', got {mode!r}, {kind!r}")
-    if neighbourhoods < 1 or not radius > 0 or not factor > 0:
-        raise ValueError("neighbourhoods must be ≥ 1, radius and factor positive")
+    radii = list(radius.values()) if isinstance(radius, dict) else [radius]
+    if (neighbourhoods is not None and (not isinstance(neighbourhoods, int) or neighbourhoods < 1)) or not all(
+            r is None or (isinstance(r, (int, float)) and r > 0) for r in radii) or not factor > 0:
+        raise ValueError(f"neighbourhoods must be an integer ≥ 1, radius and factor positive; got {neighbourhoods!r}, "
+                         f"{radius!r}, {factor!r}")
     base = unwrap_compiled(model)
     if is_attached(base):
         raise ValueError("a topography is already attached to this model; detach(model) first or attach all "
@@ -279,6 +319,19 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
     weighted = [e["module"] for e in entries if e["units"] != "locations"]
     if smoothness > 0 and weighted:
         WeightSmoothness(weighted, factor)  # validates the blur factor against every sheet
+    if isinstance(radius, dict):
+        if set(radius) != set(resolved):
+            raise ValueError(f"radius names {sorted(radius)}; it must name exactly the modules {list(resolved)}")
+    radii = {e["name"]: float(radius[e["name"]] if isinstance(radius, dict) else radius) if radius is not None
+             else window_radius(e["layout"]) if e["units"] == "locations" else 2.0 for e in entries}
+    if neighbourhoods is None:
+        neighbourhoods = 1 if all(e["units"] == "locations" for e in entries) else 5
+    if mode == "exact" and alpha_on(alpha):
+        big = {e["name"]: e["layout"].n for e in entries if e["layout"].n > max_exact_units}
+        if big:
+            raise ValueError(f"mode='exact' holds (n × n) matrices per sheet; sheet(s) {big} have more than "
+                             f"max_exact_units={max_exact_units} units: use mode='sampled' (windows of about "
+                             f"{WINDOW_UNITS} units, as TDANN), or raise max_exact_units if the memory is there")
 
     # Everything is validated: only now touch the model, and undo it all if anything still fails.
     added = []
@@ -288,7 +341,8 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
             e["module"].register_buffer(POSITIONS, e.pop("layout").unit_coords.float().to(
                 ref.device if ref is not None else "cpu"))
             added.append(e["module"])
-        topo = Topography(model, entries, alpha, smoothness, factor, mode, kind, radius, neighbourhoods, seed)
+        topo = Topography(model, entries, alpha, smoothness, factor, mode, kind, radii, neighbourhoods, seed,
+                          max_exact_units)
     except BaseException:
         for m in added:
             m._buffers.pop(POSITIONS, None)

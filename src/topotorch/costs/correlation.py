@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..hooks import UNITS, _dynamo_used, _reset_dynamo, as_units, resolve_modules, unwrap_compiled
-from ..layout import Layout, distance, proximity, within
+from ..layout import Layout, proximity
+from ..windows import Windows, gather_windows
 from .kernels import (EPS, _GroupCovariance, _WindowCovariance, _corr_from_cov, _exact_one_hot,  # noqa: F401
                       correlation_matrix, covariance)
 
@@ -32,8 +33,17 @@ __all__ = ["correlation_matrix", "covariance", "pair_loss", "centred_distance", 
 
 
 def inverse_distance(layout: Layout) -> torch.Tensor:
-    """``D = 1/(1 + d)`` between every two units (Euclidean distance, layout units), float32."""
-    return proximity(distance(layout, layout, p=2)).float()
+    """``D = 1/(1 + d)`` between every two units (Euclidean distance, layout units), float32. Distances are
+    computed in float64 by ``cdist`` without the matrix-product shortcut (exact differences), in blocks of rows for
+    large sheets, so no (n, n, dim) difference tensor is ever held; ``1/(1 + d)`` in float32 (float64
+    elementwise work costs 5-10× more on CPU)."""
+    return _inverse_distance(layout.unit_coords)
+
+
+def _inverse_distance(c: torch.Tensor) -> torch.Tensor:
+    rows = max(1, 2 ** 24 // max(1, len(c)))
+    return torch.cat([proximity(torch.cdist(c[i:i + rows], c, compute_mode="donot_use_mm_for_euclid_dist").float())
+                      for i in range(0, len(c), rows)])
 
 
 def check_alpha(alpha, names: list[str], hint: str = "") -> float | dict[str, float]:
@@ -92,12 +102,18 @@ def pair_loss(r: torch.Tensor, D: torch.Tensor, kind: str = "relative") -> torch
     return _relative(r, *centred_distance(D))
 
 
-class _Sheet:
-    """One hooked module: its name, layout, weight, units kind, and precomputed distances / neighbourhoods."""
+MAX_EXACT_UNITS = 8192  # the exact loss holds a few (n, n) float32 matrices per sheet: about 2 GB at this size
 
-    def __init__(self, name: str, module: nn.Module, layout: Layout, alpha: float, radius: float, units="features"):
+
+class _Sheet:
+    """One hooked module: its name, layout, weight, units kind, and its constants: the whole sheet's distances
+    (exact mode) or its window index (sampled mode; memory O(n), distances computed per window)."""
+
+    def __init__(self, name: str, module: nn.Module, layout: Layout, alpha: float, radius: float, units="features",
+                 mode: str = "exact", max_exact: int = MAX_EXACT_UNITS):
         self.name, self.module, self.layout, self.alpha, self.radius = name, module, layout, alpha, radius
         self.units = units  # a kind of :func:`topotorch.hooks.as_units`, or callable(output) -> (samples, units)
+        self.mode, self.max_exact = mode, max_exact
         self.acts: torch.Tensor | None = None
         self.refresh()
 
@@ -106,43 +122,47 @@ class _Sheet:
 
     def refresh(self) -> None:
         """Recompute distances and neighbourhoods (after the positions changed)."""
-        self.D = inverse_distance(self.layout)
-        self.Dc, self.sdd = centred_distance(self.D)
-        # Sup-norm windows around every unit: the units within ``radius`` of it.
-        c = self.layout.unit_coords
-        inside = within(c, c, self.radius)
-        sizes = inside.sum(1)
-        full = sizes == sizes.max()
-        # Windows of the maximal size all have the same shape on a grid: stack them (units sorted by
-        # their offset from the centre) so that all sampled neighbourhoods are computed in one batch.
-        self.windows, self.window_key = None, None
-        if full.any():
-            centres = torch.nonzero(full).flatten()
-            idx = torch.nonzero(inside[centres])[:, 1].view(len(centres), -1)  # (windows, m), row-major
-            off = c[idx] - c[centres][:, None]
-            order = torch.argsort(off[..., 0] * 1e6 + off[..., 1] if c.shape[1] > 1 else off[..., 0], dim=1)
-            W = idx.gather(1, order)
-            Dw = self.D[W[:, :, None], W[:, None, :]]
-            if torch.allclose(Dw, Dw[:1].expand_as(Dw), atol=1e-6):  # translation-invariant (a grid)
-                self.windows, self.Dw = W, Dw[0]
-                self.Dcw, self.sddw = centred_distance(self.Dw)
-                # Sheets with equal window geometry share Dw and are sampled in one batch.
-                self.window_key = (self.layout.n, *W.shape, tuple(torch.round(self.Dw * 1e5).flatten().tolist()))
-        self.inside = inside
+        n = self.layout.n
+        self.index = Windows(self.layout.unit_coords, self.radius)  # O(n): kept in both modes for inspection
+        if self.mode == "exact":
+            if n > self.max_exact:
+                raise ValueError(
+                    f"sheet {self.name}: the exact spatial loss over all {n:,} units needs (n × n) matrices "
+                    f"({4 * n * n / 2 ** 30:.1f} GB each); use mode='sampled' (windows of a few hundred units, as "
+                    f"TDANN), or raise max_exact_units if the memory is there")
+            self.D = inverse_distance(self.layout)
+            self.Dc, self.sdd = centred_distance(self.D)
+            self.window_key = None
+            return
+        self.D = None
+        self.window_key = None
+        if self.index.regular:
+            # Sheets with equal window geometry share Dw and are sampled in one batch.
+            w0 = self.index.table(torch.zeros(1, dtype=torch.long))[0]
+            self.Dw = inverse_distance(Layout(self.layout.unit_coords[w0]))
+            self.Dcw, self.sddw = centred_distance(self.Dw)
+            self.window_key = (n, self.index.count, self.index.m, tuple(self.index.shape),
+                               tuple(torch.round(self.Dw * 1e5).flatten().tolist()))
+
+    @property
+    def windows(self) -> torch.Tensor:
+        """``(windows, m)`` members of every full window of a lattice sheet (for inspection and tests)."""
+        return self.index.table(torch.arange(self.index.count))
 
     def sample(self, k: int, generator: torch.Generator | None) -> list[torch.Tensor] | torch.Tensor:
-        """``k`` windows around random centres: ``(k, m)`` on a grid, else a list of index tensors."""
-        if self.windows is not None:
-            return self.windows[torch.randint(len(self.windows), (k,), generator=generator)]
-        centres = torch.randint(self.inside.shape[0], (k,), generator=generator)
-        return [torch.nonzero(self.inside[c]).flatten() for c in centres.tolist()]
+        """``k`` windows around random centres: ``(k, m)`` full windows on a lattice, else a list of unit ids
+        (ascending) around random units."""
+        if self.window_key is not None:
+            return self.index.table(torch.randint(self.index.count, (k,), generator=generator))
+        centres = torch.randint(self.layout.n, (k,), generator=generator)
+        return [self.index.members(c) for c in centres.tolist()]
 
 
 class _Group:
     """Sheets computed in one batch: equal unit counts (exact) or equal window geometry (sampled).
 
     Holds the stacked constants on the activations' device: distances, per-sheet weights, and for sampled
-    mode the window table ``(S, windows, m)`` of unit indices.
+    mode each sheet's window index (window starts, the unit in each lattice cell, the centres), O(n) per sheet.
     """
 
     def __init__(self, sheets: list[_Sheet], mode: str, device: torch.device):
@@ -157,9 +177,20 @@ class _Group:
         else:
             s0 = sheets[0]
             self.D, self.Dc, self.sdd = s0.Dw.to(device), s0.Dcw.to(device), s0.sddw.to(device)
-            self.table = torch.stack([s.windows for s in sheets])  # (S, windows, m), CPU
-            self.device_table = self.table.to(device)               # the accelerator path's copy
+            self.count, self.shape = s0.index.count, s0.index.shape
+            self.offsets = {}
+            self.parts = {}
+            for dev in {torch.device("cpu"), torch.device(device)}:
+                self.parts[dev] = (torch.stack([s.index.start for s in sheets]).to(dev),
+                                   torch.stack([s.index.cell_unit for s in sheets]).to(dev),
+                                   torch.stack([s.index.centres for s in sheets]).to(dev),
+                                   s0.index.offsets.to(dev))
         self.sheet_index = torch.arange(len(sheets), device=device)
+
+    def table(self, pick: torch.Tensor) -> torch.Tensor:
+        """Members ``(S, k, m)`` of window ``pick (S, k)`` of every sheet, on ``pick``'s device."""
+        start, cell_unit, centres, offsets = self.parts[pick.device]
+        return gather_windows(start, cell_unit, centres, offsets, self.shape, pick)
 
 
 class SpatialCorrelationLoss:
@@ -182,8 +213,11 @@ class SpatialCorrelationLoss:
             :func:`topotorch.hooks.as_units` (default ``"features"``: the last dimension) or a callable
             ``output -> (samples, units)``.
         alpha: one weight for all sheets, or a mapping name → weight naming every sheet.
-        mode: ``"exact"`` (whole sheet) or ``"sampled"`` (``neighbourhoods`` windows of sup-norm ``radius``
-            per sheet per call, as TopoLM).
+        mode: ``"exact"`` (whole sheet; refused above ``max_exact_units`` units) or ``"sampled"``
+            (``neighbourhoods`` windows of sup-norm ``radius`` per sheet per call, as TopoLM and TDANN; memory
+            O(units + windows)).
+        radius: one sup-norm radius (layout units) for all sheets, or a mapping name → radius naming every sheet.
+        max_exact_units: the largest sheet the exact loss accepts (its (n, n) matrices take 4n² bytes each).
         kind: ``"relative"`` or ``"absolute"``.
         generator: the window sampler's generator (checkpoint :attr:`generator` to resume exactly). A CPU
             generator (the default) draws the same windows on every device; one on the activations' device
@@ -196,16 +230,20 @@ class SpatialCorrelationLoss:
     """
 
     def __init__(self, sheets, alpha: float | Mapping[str, float] = 1.0, mode: str = "exact",
-                 kind: str = "relative", neighbourhoods: int = 5, radius: float = 5.0,
-                 generator: torch.Generator | None = None, capture: str = "grad", model: nn.Module | None = None):
+                 kind: str = "relative", neighbourhoods: int = 5, radius: float | Mapping[str, float] = 5.0,
+                 generator: torch.Generator | None = None, capture: str = "grad", model: nn.Module | None = None,
+                 max_exact_units: int = MAX_EXACT_UNITS):
         if mode not in ("exact", "sampled"):
             raise ValueError(f"mode must be 'exact' or 'sampled', got {mode!r}")
         if kind not in ("relative", "absolute"):
             raise ValueError(f"kind must be 'relative' or 'absolute', got {kind!r}")
         if capture not in ("grad", "always"):
             raise ValueError(f"capture must be 'grad' or 'always', got {capture!r}")
-        if neighbourhoods < 1 or radius <= 0:
-            raise ValueError("neighbourhoods must be ≥ 1 and radius positive")
+        radii = radius.values() if isinstance(radius, Mapping) else [radius]
+        if not isinstance(neighbourhoods, int) or neighbourhoods < 1 or not all(
+                isinstance(r, (int, float)) and r > 0 for r in radii):
+            raise ValueError(f"neighbourhoods must be an integer ≥ 1 and radius positive, got {neighbourhoods!r}, "
+                             f"{radius!r}")
         base = unwrap_compiled(model) if model is not None else None
         if isinstance(sheets, Mapping):
             if base is not None:
@@ -223,6 +261,8 @@ class SpatialCorrelationLoss:
         if len(set(names)) != len(names):
             raise ValueError(f"sheet names must be unique, got {names}")
         alpha = check_alpha(alpha, names, "" if base is not None else " (pass model= to name sheets by their module path)")
+        if isinstance(radius, Mapping) and set(radius) != set(names):
+            raise ValueError(f"radius names {sorted(radius)}; it must name exactly the sheets {names}")
         self.sheets: list[_Sheet] = []
         for item in items:
             if len(item) not in (3, 4):
@@ -236,7 +276,8 @@ class SpatialCorrelationLoss:
             if not callable(units) and units not in UNITS:
                 raise ValueError(f"sheet {name}: units must be one of {UNITS} or a callable, got {units!r}")
             a = float(alpha[name]) if isinstance(alpha, Mapping) else float(alpha)
-            self.sheets.append(_Sheet(name, module, lay, a, radius, units))
+            rad = float(radius[name]) if isinstance(radius, Mapping) else float(radius)
+            self.sheets.append(_Sheet(name, module, lay, a, rad, units, mode, max_exact_units))
         self.mode, self.kind, self.k, self.capture = mode, kind, neighbourhoods, capture
         self.enabled = True  # False: forward passes are not recorded (e.g. to compare against no loss)
         self._batched = False  # True: the accelerator path on CPU too (tests compare the two paths)
@@ -289,9 +330,8 @@ class SpatialCorrelationLoss:
         if self.mode == "exact":
             r = _corr_from_cov(_GroupCovariance.apply(None, *acts))          # (S, n, n)
         else:
-            table = g.device_table
-            pick = self._draw(table.shape[1], (S, self.k), table.device)
-            idx = table[g.sheet_index[:, None], pick]                           # (S, k, m)
+            pick = self._draw(g.count, (S, self.k), g.sheet_index.device)
+            idx = g.table(pick)                                                 # (S, k, m)
             k, m = idx.shape[1:]
             if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
                 r = _corr_from_cov(_GroupCovariance.apply(None, *acts))
@@ -310,8 +350,8 @@ class SpatialCorrelationLoss:
         if self.mode == "exact":
             r = torch.stack([correlation_matrix(X) for X in acts])      # (S, n, n)
         else:
-            pick = torch.randint(g.table.shape[1], (S, self.k), generator=self.generator)
-            idx = g.table[torch.arange(S)[:, None], pick]               # (S, k, m) unit indices, CPU
+            pick = torch.randint(g.count, (S, self.k), generator=self.generator)
+            idx = g.table(pick)                                         # (S, k, m) unit indices, CPU
             k, m = idx.shape[1:]
             if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
                 r = torch.stack([correlation_matrix(X) for X in acts])
@@ -325,8 +365,13 @@ class SpatialCorrelationLoss:
     def _irregular_loss(self, sheet: _Sheet) -> torch.Tensor:
         """Sampled loss of a sheet whose windows differ in size (not a grid): one window at a time."""
         X = sheet.acts.float()
-        losses = [pair_loss(correlation_matrix(X[:, w.to(X.device)]), sheet.D[w][:, w].to(X.device), self.kind)
+        coords = sheet.index.coords
+        losses = [pair_loss(correlation_matrix(X[:, w.to(X.device)]), _inverse_distance(coords[w]).to(X.device),
+                            self.kind)
                   for w in sheet.sample(self.k, self.generator) if len(w) > 1]
+        if not losses:
+            raise ValueError(f"sheet {sheet.name}: no sampled window holds two units; increase radius "
+                             f"(now {sheet.radius})")
         return torch.stack(losses).mean()
 
     def _groups(self, device: torch.device) -> list:
@@ -337,7 +382,7 @@ class SpatialCorrelationLoss:
                 if self.mode == "exact":
                     key = ("exact", s.layout.n)
                 else:
-                    key = ("windows", s.window_key) if s.windows is not None else ("single", id(s))
+                    key = ("windows", s.window_key) if s.window_key is not None else ("single", id(s))
                 keys.setdefault(key, []).append(s)
             self._cache[device] = [_Group(g, self.mode, device) if k[0] != "single" else g[0]
                                    for k, g in keys.items()]
