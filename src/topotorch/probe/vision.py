@@ -82,7 +82,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int], channels: int) -> torch.Tens
 def category_images(source, size: int | tuple[int, int], channels: int = 3, per_category: int | None = None,
                     seed: int = 0) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """``(images (N, C, H, W) in [0, 1], labels (N,), category names)`` of a labelled image set: ``"lfw"``,
-    ``"digits"``, ``"mnist:DIR"`` (or a folder of MNIST IDX files), a folder with one sub-folder of images per
+    ``"offline"`` (:func:`offline_categories`), ``"digits"``, ``"mnist:DIR"`` (or a folder of MNIST IDX files), a folder with one sub-folder of images per
     category, or a tuple ``(images, labels[, names])``. ``per_category`` keeps a seeded subset of each."""
     H, W = (size, size) if isinstance(size, int) else size
     if isinstance(source, tuple):
@@ -95,6 +95,9 @@ def category_images(source, size: int | tuple[int, int], channels: int = 3, per_
         else:  # any labels: their sorted distinct values are the categories
             classes, y = np.unique(raw, return_inverse=True)
             names = [str(c) for c in classes]
+    elif source == "offline":
+        x, y, names = offline_categories((H, W), per_category or 100, seed)
+        per_category = None
     elif source == "lfw":
         from skimage.data import lfw_subset
         x = torch.tensor(lfw_subset(), dtype=torch.float32)  # 100 faces, then 100 non-faces, 25×25 in [0, 1]
@@ -148,6 +151,29 @@ def _folder_images(root: Path, size) -> tuple[torch.Tensor, np.ndarray, list[str
 
 NATURAL = ("astronaut", "coffee", "chelsea", "cat", "rocket", "camera", "coins", "moon", "grass", "gravel", "brick",
            "hubble_deep_field", "immunohistochemistry", "retina")
+
+
+def offline_categories(size: int | tuple[int, int], per_category: int = 100, seed: int = 0
+                       ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Four categories of real images that need no download, ``per_category`` each (faces at most 100), grey,
+    ``(images (4·k, 1, H, W) in [0, 1], labels, names)``: ``face`` and ``non-face`` (scikit-image's LFW subset:
+    faces and the non-face crops of its detector benchmark), ``character`` (scikit-learn's handwritten digits)
+    and ``scene`` (random crops of scikit-image's photographs, :func:`natural_images`). The closest offline
+    stand-in for TDANN's face/body/character/place localiser; the sources differ in more than category (digits
+    are 8×8 upsampled), so read a selectivity map as "this source", not only "this category"."""
+    from skimage.data import lfw_subset
+    from sklearn.datasets import load_digits
+    H, W = (size, size) if isinstance(size, int) else size
+    if not 2 <= per_category <= 100:
+        raise ValueError(f"per_category must be in [2, 100] (the LFW subset has 100 faces), got {per_category}")
+    rs = np.random.RandomState(seed)
+    lfw = torch.tensor(lfw_subset(), dtype=torch.float32)[:, None]
+    faces, nonfaces = lfw[rs.permutation(100)[:per_category]], lfw[100 + rs.permutation(100)[:per_category]]
+    d = load_digits()
+    digits = torch.tensor(d.images[rs.permutation(len(d.images))[:per_category]] / 16.0, dtype=torch.float32)[:, None]
+    scenes = natural_images((H, W), 1, per_category, seed)
+    x = torch.cat([_resize(t, (H, W), 1) for t in (faces, nonfaces, digits)] + [scenes])
+    return x.clamp(0, 1), np.repeat(np.arange(4), per_category), ["face", "non-face", "character", "scene"]
 
 
 def natural_images(size: int | tuple[int, int], channels: int = 3, n: int = 256, seed: int = 0) -> torch.Tensor:
