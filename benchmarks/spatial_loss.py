@@ -28,7 +28,7 @@ class TopoLMReference:
 
     def __init__(self, sheets, alpha=2.5, k=5, radius=4.0, seed=0):
         self.items = []
-        for name, mod, lay in sheets:
+        for _name, mod, lay in sheets:
             c = lay.unit_coords.float()
             self.items.append({"coords": c, "acts": None})
             mod.register_forward_hook(lambda m, a, o, it=self.items[-1]: it.__setitem__("acts", o) if self.enabled else None)

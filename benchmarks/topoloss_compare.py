@@ -24,7 +24,7 @@ def main():
     try:
         from topoloss import LaplacianPyramid, TopoLoss
     except ImportError:
-        raise SystemExit("install the reference first: pip install topoloss")
+        raise SystemExit("install the reference first: pip install topoloss") from None
     worst_v = worst_g = 0.0
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
     print(f"{'layers':>44} {'|Δ value|':>10} {'max|Δ grad|':>12} {'topoloss':>10} {'topotorch':>10} {'speed-up':>8}")

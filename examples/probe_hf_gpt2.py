@@ -29,7 +29,7 @@ def train(text_ids: torch.Tensor, alpha: float, seed: int, steps: int, folder: P
     topo = tt.attach(model, sheets, example_input=text_ids[None, :16], alpha=alpha, seed=seed)  # topotorch
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
     g = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+    for _ in range(steps):
         i = torch.randint(0, len(text_ids) - 129, (16,), generator=g).tolist()
         x = torch.stack([text_ids[k:k + 128] for k in i])
         loss = model(input_ids=x, labels=x).loss

@@ -30,7 +30,7 @@ def main(epochs: int = 15, out: str = "topographic_cnn.safetensors"):
     topo = tt.attach(model, ["conv1", "conv2"], units="locations", example_input=d.x_train[:2], alpha=2.0)  # topotorch
     topo.optimize_positions(d.x_train[:256])  # topotorch: TDANN's swap pre-optimisation
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         for i in torch.randperm(len(d.x_train)).split(64):
             opt.zero_grad()
             loss = F.cross_entropy(model(d.x_train[i]), d.y_train[i]) + topo()  # topotorch: + topo()

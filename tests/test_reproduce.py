@@ -17,7 +17,7 @@ def test_reproduce_reports_every_claim_over_seeds_in_a_self_contained_report(tmp
     for r in rows:
         assert r["seeds"] == [0, 1] and 0 <= r["held"] <= 2 and r["holds"] == (r["held"] == 2)
         assert [p["seed"] for p in r["per_seed"]] == r["seeds"] and r["held"] == sum(p["holds"] for p in r["per_seed"])
-        for name, f in r["figures"].items():  # mean ± sd of the per-seed metrics written by each run
+        for f in r["figures"].values():  # mean ± sd of the per-seed metrics written by each run
             assert len(f["values"]) == 2 and abs(f["mean"] - sum(f["values"]) / 2) < 1e-12
         for s in r["seeds"]:
             m = json.loads((tmp_path / r["recipe"] / f"seed-{s}" / "metrics.json").read_text())

@@ -1,5 +1,6 @@
-import pytest
 """The claims of seeds 001 and 002 at the recipes' full default settings (~10 s and ~20 s here)."""
+import pytest
+
 from topotorch.recipes import run_recipe
 
 pytestmark = pytest.mark.slow  # a reproduction test: runs whole recipes

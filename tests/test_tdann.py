@@ -1,5 +1,4 @@
 import pytest
-from topotorch.recipes import run_recipe
 
 
 @pytest.mark.slow

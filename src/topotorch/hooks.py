@@ -84,7 +84,8 @@ def record(modules: Mapping[str, nn.Module] | Sequence[nn.Module], units: str | 
     entry per forward pass. Hooks are removed on exit, also when the block raises.
 
     ``modules`` is a mapping name → module (a list is named ``"0"``, ``"1"``, …); ``units`` one kind for
-    all or one per name (``None``: the output's first tensor as it is); ``device`` moves each recording (e.g. ``"cpu"`` to free accelerator memory).
+    all or one per name (``None``: the output's first tensor as it is); ``device`` moves each recording (e.g.
+    ``"cpu"`` to free accelerator memory).
     """
     mods = dict(modules) if isinstance(modules, Mapping) else {str(i): m for i, m in enumerate(modules)}
     kinds = {n: (units[n] if isinstance(units, Mapping) else units) for n in mods}

@@ -236,7 +236,8 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
             Sheets are named by their path everywhere (``topo.last``, ``positions``, ``alpha``).
         units: for conv modules and any module whose output is a 2D map ``(N, C, H, W)`` (a ResNet block):
             ``"channels"`` (channels on a sheet, every location a sample) or ``"locations"`` (every channel ×
-            location, retinotopic). Other modules: the output's last dimension. Outputs may be tensors, tuples (the first element) or dict-like (the first tensor).
+            location, retinotopic). Other modules: the output's last dimension. Outputs may be tensors, tuples (the
+            first element) or dict-like (the first tensor).
         layout: positions for all modules (a Layout, or ``"grid"``/``"retinotopic"``); default a grid of
             cells (h ≤ w, the most square) or retinotopic for ``units="locations"``.
         alpha: weight of the spatial correlation loss (TopoLM/TDANN) per module, or a dict path → weight

@@ -17,5 +17,6 @@ from .cosine import CosineSmoothness, cosine_smoothness
 
 __all__ = ["WiringCost", "DECAYS", "LocalityLinear", "LocalityPrior", "apply_locality_prior", "prior_matrix",
            "proximity_cost", "transport_cost",
-           "WeightSmoothness", "sheet_shape", "weight_smoothness", "SpatialCorrelationLoss", "correlation_matrix", "inverse_distance", "pair_loss",
+           "WeightSmoothness", "sheet_shape", "weight_smoothness", "SpatialCorrelationLoss", "correlation_matrix",
+           "inverse_distance", "pair_loss",
            "CosineSmoothness", "cosine_smoothness"]

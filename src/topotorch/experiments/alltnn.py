@@ -206,7 +206,8 @@ claims(Claim(
     "All-TNN arm above both controls'",
     lambda m: f"orientation local smoothness {m['orientation_local_alltnn']:.2f} vs {m['orientation_local_lc']:.2f} "
               f"(LC) vs {m['orientation_local_cnn']:.2f} (CNN); TDANN's index {m['orientation_smoothness_alltnn']:.2f} vs "
-              f"{m['orientation_smoothness_lc']:.2f} vs {m['orientation_smoothness_cnn']:.2f}; class-map Moran's I {m['category_morans_i_alltnn']:.2f} "
+              f"{m['orientation_smoothness_lc']:.2f} vs {m['orientation_smoothness_cnn']:.2f}; class-map Moran's I "
+              f"{m['category_morans_i_alltnn']:.2f} "
               f"vs {m['category_morans_i_lc']:.2f} vs {m['category_morans_i_cnn']:.2f}; accuracy "
               f"{100 * m['accuracy_alltnn']:.1f} vs {100 * m['accuracy_lc']:.1f} vs {100 * m['accuracy_cnn']:.1f}",
     lambda m: m["orientation_local_alltnn"] > max(m["orientation_local_lc"], m["orientation_local_cnn"])

@@ -3,8 +3,8 @@
 (regulariser, strength, seed), trained together as one batched program.
 
 The task is seRNN's one-step inference: a goal (one of four corners) is shown, a delay, then the two available
-directions (10, 5 and 10 steps by default; the paper's demo: 20, 10, 20); the network answers with the first step towards the goal (one of four
-directions). Eight problems; Gaussian input noise (σ 0.05), as the paper's demo.
+directions (10, 5 and 10 steps by default; the paper's demo: 20, 10, 20); the network answers with the first step
+towards the goal (one of four directions). Eight problems; Gaussian input noise (σ 0.05), as the paper's demo.
 """
 from __future__ import annotations
 
@@ -66,7 +66,6 @@ class BatchedRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, states: bool = False):
         """``x (B, T, n_in)`` → logits ``(k, B, n_out)`` (and hidden states ``(k, B, T, n)``)."""
-        k, B = self.W.shape[0], x.shape[0]
         inp = torch.einsum("bti,kin->tkbn", x, self.U) + self.b            # (T, k, B, n), each step contiguous
         h = torch.relu(inp[0])
         hs = [h]

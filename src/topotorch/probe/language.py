@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import inspect
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -1,7 +1,6 @@
 """Maps of one value per unit on its sheet: an image on a grid of cells, a scatter elsewhere."""
 from __future__ import annotations
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 

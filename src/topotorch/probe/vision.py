@@ -82,7 +82,8 @@ def _resize(x: torch.Tensor, size: tuple[int, int], channels: int) -> torch.Tens
 def category_images(source, size: int | tuple[int, int], channels: int = 3, per_category: int | None = None,
                     seed: int = 0) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """``(images (N, C, H, W) in [0, 1], labels (N,), category names)`` of a labelled image set: ``"lfw"``,
-    ``"offline"`` (:func:`offline_categories`), ``"digits"``, ``"mnist:DIR"`` (or a folder of MNIST IDX files), a folder with one sub-folder of images per
+    ``"offline"`` (:func:`offline_categories`), ``"digits"``, ``"mnist:DIR"`` (or a folder of MNIST IDX files), a
+    folder with one sub-folder of images per
     category, or a tuple ``(images, labels[, names])``. ``per_category`` keeps a seeded subset of each."""
     H, W = (size, size) if isinstance(size, int) else size
     if isinstance(source, tuple):
