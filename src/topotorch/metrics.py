@@ -322,7 +322,7 @@ def smoothness_index(values, layout_or_coords, bins: int = 10) -> float:
     """TDANN's smoothness: with c_b the mean dissimilarity of unit pairs in distance bin b (nearest first),
     S = (max_b c_b − c_0) / max_b c_b ∈ [0, 1]; 1 when neighbours agree and distant units differ.
 
-    ``values (n,)``: a scalar preference, dissimilarity |Δvalue|. ``values (n, k)``: a tuning profile per
+    ``values (n,)``: a scalar preference, dissimilarity ``|Δvalue|``. ``values (n, k)``: a tuning profile per
     unit (e.g. mean response to each class), dissimilarity 1 − Pearson r between the two profiles."""
     x = np.asarray(values, dtype=np.float64)
     c = _coords(layout_or_coords)

@@ -36,7 +36,7 @@ def _unit_xy(graph: NeuronGraph, i: int, gap: float) -> np.ndarray:
 def draw_network(graph: NeuronGraph, path=None, input_names: Sequence[str] | None = None,
                  output_names: Sequence[str] | None = None, gap: float = 0.1, title: str | None = None,
                  ax=None, max_edges: int = 3000):
-    """BIMT's network drawing: neurons at their positions, line width ∝ |w| (per layer, relative to its
+    """BIMT's network drawing: neurons at their positions, line width ∝ ``|w|`` (per layer, relative to its
     largest weight), blue = positive, red = negative. Labels follow the input/output permutations.
 
     Connections under 1e-3 of their layer's largest are not drawn; of the rest, at most ``max_edges``, the

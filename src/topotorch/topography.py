@@ -7,6 +7,7 @@ them and loading restores them) and returns a :class:`Topography` whose call is 
     loss = task_loss + topo()
 
 Units per module type:
+
 - ``nn.Linear`` (and any module whose output's last dimension holds the units, e.g. a transformer's
   attention or MLP block): the output features; every other dimension is a sample.
 - ``nn.Conv2d`` with ``units="channels"``: the channels on a sheet, every image location a sample.

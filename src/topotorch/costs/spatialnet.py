@@ -18,7 +18,7 @@ def transport_cost(positions, graph: NeuronGraph, phi: str = "l2", layers=None) 
 
     Args:
         positions: one ``(n, dim)`` tensor per neuron layer of ``graph`` (``None`` for layers without one).
-        phi: ``"l1"`` (|w|) or ``"l2"`` (w², the seed's default).
+        phi: ``"l1"`` (``|w|``) or ``"l2"`` (``w²``, the seed's default).
         layers: indices of the weight layers that pay the cost (default: those with both ends placed).
     """
     if phi not in ("l1", "l2"):

@@ -227,7 +227,7 @@ def sheet_responses(model, sheets: list[Sheet], images: torch.Tensor, batch: int
 def orientation_tuning(resp, g: Gratings) -> dict:
     """Per unit, from responses ``(gratings, units)`` (non-negative): the tuning curve over orientations at the
     unit's preferred spatial frequency (mean over phases), the preferred orientation (degrees in [0, 180), from
-    the vector sum Σ r(θ) e^{2iθ}), circular variance 1 − |Σ r e^{2iθ}| / Σ r, and OSI (r_pref − r_orth) /
+    the vector sum Σ r(θ) e^{2iθ}), circular variance ``1 − |Σ r e^{2iθ}| / Σ r``, and OSI (r_pref − r_orth) /
     (r_pref + r_orth) with r_pref the largest response and r_orth the one 90° away. Units that never respond
     get NaN and ``responsive`` False."""
     r = np.asarray(resp, dtype=np.float64)
@@ -336,9 +336,9 @@ def preference_smoothness(values, layout, period: float | None = None, bins: int
                           seed: int = 0, radius: float = 1.0) -> dict:
     """How smooth a preference map is (circular differences with ``period``, e.g. 180 for orientation).
 
-    ``smoothness``: TDANN's index — with c_b the mean |Δ preference| of unit pairs in distance bin b, S =
+    ``smoothness``: TDANN's index — with c_b the mean ``|Δ preference|`` of unit pairs in distance bin b, S =
     (max_b c_b − c_0) / max_b c_b (depends on the bin width: ``bins`` equal bins up to the largest distance);
-    ``local``: 1 − (mean |Δ| between neighbours within ``radius`` cells) / (mean |Δ| between random units) — 0 for
+    ``local``: 1 − (mean ``|Δ|`` between neighbours within ``radius`` cells) / (mean ``|Δ|`` between random units) — 0 for
     a map without order, 1 when neighbours agree exactly, independent of binning; and the curve. NaN
     preferences are left out; more than ``max_pairs`` pairs are sampled (seeded)."""
     from .stats import neighbours
