@@ -5,7 +5,9 @@ import pytest
 
 from topotorch.cli import main
 
-BIMT = ["--set", "checkpoint_interval=100", "--set", "log_interval=50", "--quiet"]
+# the training loop only: these tests are about errors, not about BIMT's pruning and refitting stages after it
+BIMT = ["--set", "checkpoint_interval=100", "--set", "log_interval=50", "--set", "finetune_steps=0", "--set",
+        "refit_steps=0", "--set", "final_sweep=false", "--quiet"]
 
 
 def _one_line(capsys) -> str:

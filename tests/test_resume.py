@@ -38,7 +38,9 @@ def _kill_after(monkeypatch, n: int):
 
 CASES = {
     # recipe: (overrides, checkpoint after which the run is killed, files whose tensors must match)
-    "independence": ({"steps": 400, "checkpoint_interval": 100, "swap_interval": 50, "log_interval": 50}, 2,
+    # every stage after training runs too (fine-tune, refit, final sweep), shortened
+    "independence": ({"steps": 400, "checkpoint_interval": 100, "swap_interval": 50, "log_interval": 50,
+                      "finetune_steps": 300, "refit_steps": 30}, 2,
                      ["model.safetensors"]),
     "locality-prior": ({"steps": 30, "checkpoint_interval": 10, "side": 6}, 4,
                        ["local.safetensors", "control.safetensors"]),

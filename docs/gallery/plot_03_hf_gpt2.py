@@ -4,7 +4,7 @@ A HuggingFace GPT-2, topographic, probed for noun–verb maps
 
 TopoLM (Rathi et al. 2025) puts every attention and MLP output of a GPT on a 2D sheet and adds the spatial
 correlation loss; nouns and verbs then come out in separate patches of the sheet. Here the same on a
-``transformers.GPT2LMHeadModel`` built from a config (no download), trained for a few hundred steps on a small
+``transformers.GPT2LMHeadModel`` built from a config (no download), trained for 120 steps on a small
 generated English-like grammar, with and without the loss from the same initial weights. The probe feeds every noun
 and verb alone, takes a Welch t per unit, and measures the t-map's Moran's I against shuffled positions.
 """
@@ -31,7 +31,7 @@ for arm, alpha in (("topographic", 2.5), ("control", 0.0)):
     topo = tt.attach(model, sheets, example_input=data.train[None, :16], alpha=alpha)   # 8×8 sheets
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
-    for step in range(300):
+    for step in range(120):
         x, _ = data.batch("train", 32, 32, g)
         loss = model(input_ids=x, labels=x).loss
         (loss + topo() if alpha > 0 else loss).backward()

@@ -322,41 +322,35 @@ class SpatialCorrelationLoss:
             return pick.pin_memory().to(device, non_blocking=True)
         return pick.to(device)
 
-    def _device_group_loss(self, g: _Group) -> torch.Tensor:
-        """:meth:`_group_loss` on an accelerator: one gather of the windows' columns (or one concatenation of
-        the whole sheets) in the activations' dtype, one batched product, no host synchronisation."""
-        acts = [s.acts for s in g.sheets]
-        S, n = len(acts), g.n
-        if self.mode == "exact":
-            r = _corr_from_cov(_GroupCovariance.apply(None, *acts))          # (S, n, n)
-        else:
-            pick = self._draw(g.count, (S, self.k), g.sheet_index.device)
-            idx = g.table(pick)                                                 # (S, k, m)
-            k, m = idx.shape[1:]
-            if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
-                r = _corr_from_cov(_GroupCovariance.apply(None, *acts))
-                r = r[g.sheet_index[:, None, None, None], idx[..., :, None], idx[..., None, :]]
-            else:
-                r = _corr_from_cov(_GroupCovariance.apply(idx, *acts))                 # (S, k, m, m)
-        loss = _relative(r, g.Dc, g.sdd) if self.kind == "relative" else _absolute(r, g.D)
-        return loss if self.mode == "exact" else loss.mean(-1)
-
     def _group_loss(self, g: _Group) -> torch.Tensor:
-        """Losses ``(S,)`` of one group: all its correlations in one batched product, the loss in one batch."""
-        if g.sheets[0].acts.device.type != "cpu" or self._batched:
-            return self._device_group_loss(g)
-        acts = [s.acts.float() for s in g.sheets]
+        """Losses ``(S,)`` of one group: all its correlations in one batched product, the loss in one batch.
+
+        On an accelerator (or with :attr:`_batched`) the windows' columns (or the whole sheets) are gathered in the
+        activations' own dtype and multiplied with float32 accumulation, with no host synchronisation
+        (:class:`_GroupCovariance`); on CPU the activations are cast to float32 and the windows' covariances come
+        from :class:`_WindowCovariance`."""
+        dev = g.sheets[0].acts.device
+        accel = dev.type != "cpu" or self._batched
+        acts = [s.acts if accel else s.acts.float() for s in g.sheets]
         S, n = len(acts), g.n
+
+        def whole():  # (S, n, n)
+            if accel:
+                return _corr_from_cov(_GroupCovariance.apply(None, *acts))
+            return torch.stack([correlation_matrix(X) for X in acts])
+
         if self.mode == "exact":
-            r = torch.stack([correlation_matrix(X) for X in acts])      # (S, n, n)
+            r = whole()
         else:
-            pick = torch.randint(g.count, (S, self.k), generator=self.generator)
-            idx = g.table(pick)                                         # (S, k, m) unit indices, CPU
+            pick = self._draw(g.count, (S, self.k), g.sheet_index.device if accel else torch.device("cpu"))
+            idx = g.table(pick)                                                 # (S, k, m) unit indices
             k, m = idx.shape[1:]
             if k * m * m >= n * n:  # the windows cover more pairs than the sheet: index its full matrix
-                r = torch.stack([correlation_matrix(X) for X in acts])
+                r = whole()
                 idx = idx.to(r.device)
                 r = r[torch.arange(S, device=r.device)[:, None, None, None], idx[..., :, None], idx[..., None, :]]
+            elif accel:
+                r = _corr_from_cov(_GroupCovariance.apply(idx, *acts))         # (S, k, m, m)
             else:
                 r = _corr_from_cov(_WindowCovariance.apply(idx, *acts)).view(S, k, m, m)
         loss = _relative(r, g.Dc, g.sdd) if self.kind == "relative" else _absolute(r, g.D)
