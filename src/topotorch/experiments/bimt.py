@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import math
 
@@ -29,7 +29,7 @@ from ..metrics import extents_overlap
 from ..registry import Claim, claims
 from .common import start_run
 
-__all__ = ["BIMTConfig", "run_bimt", "VARIANTS"]
+__all__ = ["BIMTConfig", "run_bimt", "VARIANTS", "TASKS", "Task"]
 
 # BIMT's ablation (seed 003's train_type 1–5): (L1 on, distance term in training, swaps on).
 VARIANTS = {
@@ -92,11 +92,13 @@ class BIMTConfig:
     tensorboard: bool = False         # also log to out/tb (pip install 'topotorch[tensorboard]')
 
     def validate(self) -> None:
-        if self.task not in D.SYMBOLIC and self.task not in CLASSIFICATION:
-            raise ValueError(f"task must be one of {sorted(D.SYMBOLIC) + sorted(CLASSIFICATION)}, got {self.task!r}")
-        d_in, n_out = CLASSIFICATION[self.task] if self.task in CLASSIFICATION else (
-            D.SYMBOLIC[self.task][0], D.symbolic(self.task, 0, 1, 1).y_train.shape[1])
-        if self.task in TOKENS:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
+        task = TASKS[self.task]
+        d_in, n_out = task.sizes if task.sizes else (None, None)
+        if self.task in D.SYMBOLIC:
+            d_in, n_out = D.SYMBOLIC[self.task][0], D.symbolic(self.task, 0, 1, 1).y_train.shape[1]
+        if task.tokens:
             if self.embedding < 1 or self.in_fold != 2:
                 raise ValueError(f"task {self.task!r} embeds 2 operands: embedding must be ≥ 1 and in_fold 2, got "
                                  f"embedding={self.embedding}, in_fold={self.in_fold}")
@@ -105,7 +107,7 @@ class BIMTConfig:
             if self.finetune_steps:
                 raise ValueError("prune-then-finetune is built for the MLP tasks; token tasks run the seed's "
                                  "procedure (finetune_steps: 0)")
-            d_in, n_out = 2 * self.embedding, self.modulus if self.task == "modular-addition" else 24
+            d_in, n_out = 2 * self.embedding, task.vocab(self)
         if self.layout == "bio2d":
             for n in [d_in] + self.shape[1:-1]:
                 if math.isqrt(n) ** 2 != n:
@@ -127,14 +129,6 @@ class BIMTConfig:
             raise ValueError(f"in_fold {self.in_fold} does not divide the input size {self.shape[0]}")
 
 
-# classification tasks: name → (inputs, classes). two-moon trains with cross-entropy; the images with MSE on
-# one-hot targets, as BIMT's MNIST notebook.
-CLASSIFICATION = {"two-moon": (2, 2), "digits": (64, 10), "mnist": (784, 10),
-                  "modular-addition": (None, None), "permutation-group": (None, None)}
-# token tasks: two operands, each a learned embedding (models.TokenMLP), cross-entropy (BIMT's notebooks 3.3)
-TOKENS = ("modular-addition", "permutation-group")
-
-
 def layouts(cfg: BIMTConfig):
     """Per neuron layer: ``line``/``grid`` for all, or BioMLP2D's input grid, square hidden grids, output ring."""
     if cfg.layout != "bio2d":
@@ -143,38 +137,55 @@ def layouts(cfg: BIMTConfig):
     return [L.grid(math.isqrt(n)) for n in cfg.shape[:-1]] + [L.ring(cfg.shape[-1])]
 
 
-def load_task(cfg: BIMTConfig) -> D.Split:
-    """The task's data: a symbolic formula (regression), two-moon or an image set (classification)."""
-    if cfg.task == "two-moon":
-        return D.two_moon(cfg.seed, cfg.n_train, cfg.n_test)
-    if cfg.task == "digits":
-        return D.digits(cfg.seed, flat=True)
-    if cfg.task == "mnist":
-        return D.mnist(cfg.data_dir, cfg.seed, flat=True)
-    if cfg.task == "modular-addition":
-        return D.modular_addition(cfg.modulus, cfg.seed, cfg.train_fraction)
-    if cfg.task == "permutation-group":
-        return D.permutation_group(4, cfg.seed, cfg.train_fraction)
-    return D.symbolic(cfg.task, cfg.seed, cfg.n_train, cfg.n_test)
-
-
 def _onehot_mse(out, y):
     return F.mse_loss(out, F.one_hot(y, out.shape[-1]).to(out.dtype))
 
 
+@dataclass(frozen=True)
+class Task:
+    """What a BIMT task brings: its data, its loss, whether it is scored by accuracy, and — for token tasks, whose
+    two operands are learned embeddings (``models.TokenMLP``, BIMT's notebooks 3.3) — its vocabulary."""
+    load: Callable[[BIMTConfig], D.Split]
+    loss: Callable = F.mse_loss
+    classification: bool = False
+    vocab: Callable[[BIMTConfig], int] | None = None
+    sizes: tuple[int, int] | None = None  # (inputs, outputs) the MLP must have; token tasks: from the config
+
+    @property
+    def tokens(self) -> bool:
+        return self.vocab is not None
+
+
+# Every task by name; the symbolic formulas (regression, MSE) are added from ``data.SYMBOLIC`` below. Two-moon
+# trains with cross-entropy; the images with MSE on one-hot targets, as BIMT's MNIST notebook.
+TASKS: dict[str, Task] = {
+    "two-moon": Task(lambda c: D.two_moon(c.seed, c.n_train, c.n_test), F.cross_entropy, True, sizes=(2, 2)),
+    "digits": Task(lambda c: D.digits(c.seed, flat=True), _onehot_mse, True, sizes=(64, 10)),
+    "mnist": Task(lambda c: D.mnist(c.data_dir, c.seed, flat=True), _onehot_mse, True, sizes=(784, 10)),
+    "modular-addition": Task(lambda c: D.modular_addition(c.modulus, c.seed, c.train_fraction), F.cross_entropy, True,
+                             vocab=lambda c: c.modulus),
+    "permutation-group": Task(lambda c: D.permutation_group(4, c.seed, c.train_fraction), F.cross_entropy, True,
+                              vocab=lambda c: 24),
+}
+for _name in D.SYMBOLIC:
+    TASKS.setdefault(_name, Task(lambda c: D.symbolic(c.task, c.seed, c.n_train, c.n_test)))
+
+
+def load_task(cfg: BIMTConfig) -> D.Split:
+    """The task's data: a symbolic formula (regression), two-moon, an image set or a token task."""
+    return TASKS[cfg.task].load(cfg)
+
+
 def task_loss(cfg: BIMTConfig):
-    """Cross-entropy for two-moon and the token tasks, MSE on one-hot targets for the images (BIMT's), MSE for the
-    formulas."""
-    if cfg.task in TOKENS:
-        return F.cross_entropy
-    return {"two-moon": F.cross_entropy, "digits": _onehot_mse, "mnist": _onehot_mse}.get(cfg.task, F.mse_loss)
+    """The task's loss (:attr:`Task.loss`)."""
+    return TASKS[cfg.task].loss
 
 
 def build_model(cfg: BIMTConfig):
     """The MLP (or, for token tasks, the embedding + MLP) and the neuron graph of its MLP."""
-    if cfg.task in TOKENS:
-        vocab = cfg.modulus if cfg.task == "modular-addition" else 24
-        model = TokenMLP(vocab, cfg.embedding, cfg.shape, cfg.activation)
+    task = TASKS[cfg.task]
+    if task.tokens:
+        model = TokenMLP(task.vocab(cfg), cfg.embedding, cfg.shape, cfg.activation)
         return model, embed(model.mlp, layouts(cfg), in_fold=cfg.in_fold)
     model = MLP(cfg.shape, cfg.activation)
     return model, embed(model, layouts(cfg), in_fold=cfg.in_fold)
@@ -210,7 +221,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
         with torch.no_grad():
             out = model(xt)
             row = {"test_loss": lossf(out, yt).item()}
-            if cfg.task in CLASSIFICATION:
+            if TASKS[cfg.task].classification:
                 row["test_accuracy"] = float((out.argmax(1) == yt).float().mean())
             return row
 
@@ -246,7 +257,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
 
 def embedding_penalty(cfg: BIMTConfig, model):
     """BIMT's l0·|E| term of the token embeddings (mean or sum as the wiring cost), as a function of the step."""
-    if cfg.task not in TOKENS:
+    if not TASKS[cfg.task].tokens:
         return lambda step: 0.0
     reduce = torch.mean if cfg.reduction == "mean" else torch.sum
     return lambda step: cfg.l0 * reduce(model.embedding.abs())
@@ -377,14 +388,15 @@ def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds
     train_loss = lossf(model(data.x_train), data.y_train).item()
     test_loss = lossf(model(data.x_test), data.y_test).item()
     acc = lambda: float((model(data.x_test).argmax(1) == data.y_test).float().mean())  # noqa: E731
-    if cfg.task in CLASSIFICATION:
+    task = TASKS[cfg.task]
+    if task.classification:
         extra = {**(extra or {}), "test_accuracy": acc()}
     save_model(model, out / "model.safetensors")
     snap = M.threshold(model, cfg.threshold)
     pruned_test = lossf(model(data.x_test), data.y_test).item()
-    if cfg.task in CLASSIFICATION:
+    if task.classification:
         extra["test_accuracy_pruned"] = acc()
-        if cfg.task in TOKENS:
+        if task.tokens:
             extra.update(embedding_analysis(cfg, model, graph, data, out, acc))
         if cfg.layout == "bio2d":
             extra["digit_sheets"] = plot_digit_sheets(graph, out / "sheets.png", data.output_names)
@@ -401,10 +413,10 @@ def finish_bimt(cfg: BIMTConfig, out: Path, model, graph, data: D.Split, seconds
     }
     draw_network(graph, out / "network.png", data.input_names, data.output_names, gap=cfg.l0,
                  title=f"{cfg.recipe} [{cfg.variant}] pruned at {cfg.threshold:g}: test "
-                       + (f"accuracy {extra['test_accuracy_pruned']:.3f}" if cfg.task in CLASSIFICATION else f"MSE {pruned_test:.2e}"))
+                       + (f"accuracy {extra['test_accuracy_pruned']:.3f}" if task.classification else f"MSE {pruned_test:.2e}"))
     snap.revert()
     plot_curves(out / "log.csv", out / "curves.png", title=f"{cfg.recipe} [{cfg.variant}], seed {cfg.seed}",
-                loss_label="loss (cross-entropy)" if cfg.task == "two-moon" else "loss (MSE)")
+                loss_label="loss (cross-entropy)" if task.loss is F.cross_entropy else "loss (MSE)")
     write_json(out / "metrics.json", metrics)
     return metrics
 
