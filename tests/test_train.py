@@ -124,7 +124,8 @@ def test_tensorboard_logging_is_optional(tmp_path):
 def test_masked_fine_tune_follows_relocation():
     """Pruned zeros are held at zero through swaps: the mask moves with the units (a mask fixed at the start
     zeroed live weights after the first swap and broke the function)."""
-    from topotorch.experiments.bimt import Masks, build_model
+    from topotorch.experiments.bimt import build_model
+    from topotorch.pruning import Masks
     torch.manual_seed(0)
     model, graph = build_model(BIMTConfig(shape=[4, 8, 8, 2]))
     with torch.no_grad():

@@ -22,8 +22,8 @@ from ..graph import embed
 from ..io import save_model, write_json
 from ..models import MLP, TokenMLP
 from ..plot import draw_network, plot_curves
-from ..relocate import relocate
-from ..train import Callback, Relocation, WiringPenalty, fit, piecewise
+from ..pruning import Masks, final_sweep, prune_greedy, prune_with_refit
+from ..train import Relocation, WiringPenalty, fit, piecewise
 from . import kind
 from ..metrics import extents_overlap
 from ..registry import Claim, claims
@@ -236,7 +236,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
     seconds, extra = info["seconds"], {}
     beyond = cfg.procedure != "seed" and cfg.variant == "full"  # ablation variants keep the seed's procedure
     if cfg.finetune_steps and beyond:
-        extra = prune_for_budget(graph, model, x, y, cfg.threshold, cfg.prune_budget, lossf)
+        extra = prune_greedy(graph, lambda: lossf(model(x), y).item(), cfg.threshold, cfg.prune_budget)
         last = cfg.steps - 1
         tail = [WiringPenalty(cost, lambda step: cfg.finetune_lam * lam_at(last), 0), Masks(model)]
         if swap_on:
@@ -247,8 +247,8 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
         seconds += info["seconds"]
         if cfg.refit_steps:
             reference = extra["train_loss_before_prune"]
-            extra["refit_cut"] = prune_with_refit(graph, model, x, y, cfg.prune_budget * reference,
-                                                  cfg.refit_steps, cfg.lr, lossf)
+            extra["refit_cut"] = prune_with_refit(graph, model, lambda: lossf(model(x), y),
+                                                  cfg.prune_budget * reference, cfg.refit_steps, cfg.lr)
     if cfg.final_sweep and swap_on and beyond:
         extra["wiring_cost_before_sweep"] = float(reloc_cost.value().detach())
         extra["wiring_cost_after_sweep"] = final_sweep(model, graph, reloc_cost)
@@ -261,124 +261,6 @@ def embedding_penalty(cfg: BIMTConfig, model):
         return lambda step: 0.0
     reduce = torch.mean if cfg.reduction == "mean" else torch.sum
     return lambda step: cfg.l0 * reduce(model.embedding.abs())
-
-
-@torch.no_grad()
-def prune_for_budget(graph, model, x, y, start: float, budget: float, lossf=F.mse_loss) -> dict:
-    """Greedy magnitude pruning to a loss budget: every weight with ``|w| <= start`` is zeroed, then the others
-    are tried from the smallest up and each is zeroed unless that takes the train MSE above ``budget`` × the
-    unpruned loss (a weight the function needs is skipped, the next one tried). Returns
-    ``{"pruned_weights", "train_loss_before_prune", "train_loss_after_prune"}``."""
-    base = lossf(model(x), y).item()
-    pruned = 0
-    entries = []
-    for w in graph.weights:
-        W = w.weight
-        small = (W.abs() <= start) & (W != 0)
-        pruned += int(small.sum())
-        W.masked_fill_(small, 0.0)
-        for idx in torch.nonzero(W).tolist():
-            entries.append((abs(float(W[tuple(idx)])), W, tuple(idx)))
-    limit = budget * max(base, lossf(model(x), y).item() if pruned else base)
-    for _, W, idx in sorted(entries, key=lambda e: e[0]):
-        old = W[idx].item()
-        W[idx] = 0.0
-        if lossf(model(x), y).item() > limit:
-            W[idx] = old
-        else:
-            pruned += 1
-    return {"pruned_weights": pruned, "train_loss_before_prune": base,
-            "train_loss_after_prune": lossf(model(x), y).item()}
-
-
-def prune_with_refit(graph, model, x, y, limit: float, steps: int, lr: float, lossf=F.mse_loss) -> int:
-    """Try each surviving weight, smallest first: zero it, retrain the rest for ``steps`` Adam steps (zeros
-    held at zero) and keep the cut if the train loss is then ≤ ``limit``, else restore. Catches paths that the
-    greedy cut keeps only because the rest of the network has not yet adapted to their absence. Returns the
-    number of weights cut."""
-    cut = 0
-    with torch.no_grad():
-        entries = sorted(((abs(float(w.weight[i])), k, i) for k, w in enumerate(graph.weights)
-                          for i in map(tuple, torch.nonzero(w.weight).tolist())), key=lambda e: e[0])
-    for _, k, idx in entries:
-        W = graph.weights[k].weight
-        if W[idx] == 0:
-            continue
-        saved = {n: v.clone() for n, v in model.state_dict().items()}
-        with torch.no_grad():
-            W[idx] = 0.0
-        masks = Masks(model)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            lossf(model(x), y).backward()
-            masks.before_step(0)
-            opt.step()
-            masks.after_step(0)
-        with torch.no_grad():
-            if lossf(model(x), y).item() <= limit:
-                cut += 1
-            else:
-                model.load_state_dict(saved)
-    return cut
-
-
-@torch.no_grad()
-def final_sweep(model, graph, cost, rounds: int = 50) -> float:
-    """Lower the wiring cost by relocation from several starts and keep the cheapest placement.
-
-    Starts: the current placement, and one per ordering of the pruned network's modules (connected
-    components holding an output) in which every movable layer's units are sorted by module, keeping their
-    order within it. From each, whole-layer optimal assignments run until a round moves nothing. Every step
-    is a function-preserving permutation; the placement with the lowest ``cost`` wins. Returns that cost.
-    """
-    import itertools
-    comp, offs = M._components(graph, 0.0)
-    out_comps = list(dict.fromkeys(int(comp[offs[-2] + u]) for u in range(graph.layers[-1].n)))
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    orders = [None] + [list(p) for p in itertools.permutations(out_comps)][:24] if len(out_comps) > 1 else [None]
-    best, best_cost = None, float("inf")
-    for order in orders:
-        model.load_state_dict(start)
-        if order is not None:
-            rank = {c: r for r, c in enumerate(order)}
-            for i, layer in enumerate(graph.layers):
-                if not graph.is_movable(i) or layer.layout.fold != 1 or layer.layout.dim != 1:
-                    continue
-                labels = comp[offs[i]:offs[i + 1]]
-                key = [(rank.get(int(c), len(order)), s) for s, c in enumerate(labels)]
-                graph.permute(i, torch.tensor(sorted(range(len(key)), key=key.__getitem__)))
-        for _ in range(rounds):
-            if not relocate(graph, cost, 1, "assignment"):
-                break
-        c = float(cost.value())
-        if c < best_cost - 1e-12:
-            best, best_cost = {k: v.clone() for k, v in model.state_dict().items()}, c
-    model.load_state_dict(best)
-    return best_cost
-
-
-class Masks(Callback):
-    """Holds the parameter entries that are zero at zero: gradients masked, values re-zeroed after steps.
-
-    The mask is read from the parameters before every step (zeros stay exactly zero in between), so it
-    follows the permutations of relocation, which move zeros with their units; a mask fixed at the start
-    would, after a swap, zero live weights and break the function."""
-
-    def __init__(self, model):
-        self.params = [p for p in model.parameters() if p.is_floating_point()]
-        self.masks: list = []
-
-    def before_step(self, step: int) -> None:
-        self.masks = [p.detach() != 0 for p in self.params]
-        for p, m in zip(self.params, self.masks):
-            if p.grad is not None:
-                p.grad.mul_(m)
-
-    def after_step(self, step: int) -> None:
-        with torch.no_grad():
-            for p, m in zip(self.params, self.masks):
-                p.mul_(m)
 
 
 @torch.no_grad()

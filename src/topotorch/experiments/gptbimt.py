@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from matplotlib.collections import LineCollection
 
+from ..pruning import prune_quantile
 from .. import data as D
 from .. import metrics as M
 from ..costs import WiringCost
@@ -135,31 +136,6 @@ def train_arm(cfg: GPTBIMTConfig, arm: str, tokens: D.TokenData, out: Path, resu
 
 
 @torch.no_grad()
-def prune_to_budget(model, graph, tokens, cfg) -> dict:
-    """Global magnitude pruning of the graph's weights: the largest share pruned (bisection over magnitude
-    quantiles, 12 steps) whose validation loss stays within ``(1 + budget)`` × the unpruned one."""
-    base = evaluate(model, tokens, cfg, "cpu")
-    Ws = [w.weight for w in graph.weights]
-    saved = [W.clone() for W in Ws]
-    mags = torch.cat([W.abs().flatten() for W in saved]).sort().values
-    lo, hi = 0.0, 1.0           # share pruned: lo is within budget, hi is not (or 1)
-    best_loss = base
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        cut = mags[min(len(mags) - 1, int(mid * len(mags)))]
-        for W, S in zip(Ws, saved):
-            W.copy_(S * (S.abs() > cut))
-        loss = evaluate(model, tokens, cfg, "cpu")
-        if loss <= (1 + cfg.budget) * base:
-            lo, best_loss = mid, loss
-        else:
-            hi = mid
-    for W, S in zip(Ws, saved):
-        W.copy_(S)
-    return {"kept_at_budget": 1 - lo, "val_loss_at_budget": best_loss}
-
-
-@torch.no_grad()
 def locality(graph, model, thr: float) -> dict:
     """|w|-weighted spread (std) of the stream positions each MLP unit and each head connects to, over the kept
     weights; mean over units/heads. Uniform connections over [0, 1] give ≈ 0.29."""
@@ -193,7 +169,7 @@ def locality(graph, model, thr: float) -> dict:
 def analyse_arm(model, graph, cost, tokens, cfg) -> dict:
     val = evaluate(model, tokens, cfg, "cpu")
     res = {"val_loss": val, "wiring_cost": float(cost.value())}
-    res.update(prune_to_budget(model, graph, tokens, cfg))
+    res.update(prune_quantile(graph, lambda: evaluate(model, tokens, cfg, "cpu"), cfg.budget))
     saved = [w.weight.clone() for w in graph.weights]
     kept = total = 0
     for w in graph.weights:
