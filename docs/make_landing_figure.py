@@ -12,9 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-import topotorch as tt  # noqa: E402
 from topotorch.io import read_state  # noqa: E402
-from topotorch.plot import draw_network  # noqa: E402
 from topotorch.probe.plots import draw_map  # noqa: E402
 from topotorch.probe.sheets import saved_positions  # noqa: E402
 from topotorch.recipes import run_recipe  # noqa: E402

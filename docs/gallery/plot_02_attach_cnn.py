@@ -37,7 +37,7 @@ for name, alpha in (("topographic", 2.0), ("control", 0.0)):
     topo = tt.attach(model, ["2"], units="locations", example_input=data.x_train[:2], alpha=alpha, mode="exact")
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
-    for step in range(200):
+    for _ in range(200):
         idx = torch.randint(len(data.x_train), (64,), generator=g)
         loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
         if alpha > 0:

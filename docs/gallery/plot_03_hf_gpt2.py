@@ -31,7 +31,7 @@ for arm, alpha in (("topographic", 2.5), ("control", 0.0)):
     topo = tt.attach(model, sheets, example_input=data.train[None, :16], alpha=alpha)   # 8×8 sheets
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
-    for step in range(120):
+    for _ in range(120):
         x, _ = data.batch("train", 32, 32, g)
         loss = model(input_ids=x, labels=x).loss
         (loss + topo() if alpha > 0 else loss).backward()
