@@ -20,11 +20,12 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from ..models import RegressionTransformer
 from .. import data as D
 from .. import layout as L
 from .. import metrics as M
 from ..costs import WiringCost
-from ..gpt import Block, GPTConfig, add_blocks
+from ..gpt import GPTConfig, add_blocks
 from ..graph import NeuronGraph
 from ..io import save_model, write_json
 from ..plot import plot_arm_curves
@@ -35,29 +36,6 @@ from .common import start_run
 from .gptbimt import draw_block
 
 __all__ = ["InContextConfig", "RegressionTransformer", "incontext_graph", "run_in_context"]
-
-
-class RegressionTransformer(nn.Module):
-    """Tokens of ``d_in`` numbers → linear read-in → causal transformer blocks → linear read-out.
-
-    ``forward(x (B, T, d_in)) → (B, T, d_out)``. ``config`` is a :class:`GPTConfig` (its ``vocab_size`` and
-    ``block_size`` are unused: there is no embedding table)."""
-
-    def __init__(self, config: GPTConfig, d_in: int, d_out: int, layernorm: bool = False):
-        super().__init__()
-        self.config = config
-        self.l_in = nn.Linear(d_in, config.n_embd)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        if not layernorm:  # notebook 3.4 defines LayerNorms but never applies them
-            for b in self.blocks:
-                b.ln_1, b.ln_2 = nn.Identity(), nn.Identity()
-        self.l_out = nn.Linear(config.n_embd, d_out)
-
-    def forward(self, x):
-        h = self.l_in(x)
-        for b in self.blocks:
-            h = b(h)
-        return self.l_out(h)
 
 
 def incontext_graph(model: RegressionTransformer) -> NeuronGraph:

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ..models import TopoCNN
 from .. import metrics as M
 from ..data import load_dataset
 from ..hooks import responses
@@ -27,24 +27,6 @@ from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
 from ..registry import Claim, claims, data_claims, front
 from .common import arm_steps, check_length, start_run
-
-
-class TopoCNN(nn.Module):
-    """conv → ReLU → pool → conv → ReLU → linear classifier (the sheets are the two conv outputs).
-
-    ``stride`` of the first conv: 2 halves its sheet, as a ResNet stem does before TDANN's sheets (MNIST's 28×28
-    gives 16·14·14 = 3136 and 32·7·7 = 1568 location units instead of 12,544 and 6272)."""
-
-    def __init__(self, in_channels: int, size: int, channels=(16, 32), classes: int = 10, stride: int = 1):
-        super().__init__()
-        c1, c2 = channels
-        self.conv1 = nn.Conv2d(in_channels, c1, 3, stride=stride, padding=1)
-        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
-        self.fc = nn.Linear(c2 * (((size - 1) // stride + 1) // 2) ** 2, classes)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        return self.fc(F.relu(self.conv2(x)).flatten(1))
 
 
 @dataclass

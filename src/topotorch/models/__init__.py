@@ -1,4 +1,5 @@
-"""Models that read top to bottom. Spatial behaviour is attached with :func:`topotorch.embed`."""
+"""Models that read top to bottom, one class per model (the larger ones in their own file: ``cnn.py``, ``tnn.py``,
+``transformer.py``). Spatial behaviour is attached with :func:`topotorch.embed` or :func:`topotorch.attach`."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,7 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "TokenMLP", "LeNet", "SpatialNet", "ResNet18", "ACTIVATIONS"]
+__all__ = ["MLP", "TokenMLP", "LeNet", "SpatialNet", "ResNet18", "TopoCNN", "TNN", "RegressionTransformer",
+           "ACTIVATIONS"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -75,8 +77,8 @@ class LeNet(nn.Module):
                  classes: int = 10, decay="inverse", radius=None, normalize: bool = False, prior: bool = True,
                  strength: float = 1.0):
         super().__init__()
-        from . import layout as L
-        from .costs import LocalityLinear
+        from .. import layout as L
+        from ..costs import LocalityLinear
         if image_size % 4:
             raise ValueError(f"image_size must be divisible by 4, got {image_size}")
         k = 3 if image_size < 16 else 5
@@ -112,7 +114,7 @@ class SpatialNet(nn.Module):
     def __init__(self, shape: list[int], activation: str = "sigmoid", dim: int = 2, tasks: int = 2):
         super().__init__()
         self.net = MLP(shape, activation)
-        from .graph import embed
+        from ..graph import embed
         self.graph = embed(self.net)
         self.positions = nn.ParameterList([nn.Parameter(torch.randn(n, dim)) for n in shape])
         self.tasks, self.classes = tasks, shape[-1] // tasks
@@ -166,3 +168,9 @@ class ResNet18(nn.Module):
         x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(x.mean((2, 3)))
+
+
+# one file per further model; imported last (they import the library's layers, which may import this package)
+from .cnn import TopoCNN  # noqa: E402
+from .tnn import TNN  # noqa: E402
+from .transformer import RegressionTransformer  # noqa: E402
