@@ -199,6 +199,37 @@ class Relocation(Callback):
         self.swaps = int(state.get("swaps", 0))
 
 
+def distributed(device: str = "auto") -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)`` of this process. Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is
+    initialised once — NCCL on CUDA, gloo on CPU — and each rank gets ``cuda:LOCAL_RANK`` (modulo the devices);
+    alone it is ``(0, 1, device)``. ``device``: ``"auto"`` (CUDA when available), ``"cuda"`` or ``"cpu"``."""
+    import os
+    import torch.distributed as dist
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda but CUDA is not available")
+        dev = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` when a process group of more than one rank is running, else ``model``
+    (pass the wrapper to :func:`fit` as ``ddp_model`` and call it in ``loss_fn``)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return torch.nn.parallel.DistributedDataParallel(model)
+    return model
+
+
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[int, int], torch.Tensor],
         steps: int, *, out=None, resume: bool = False, callbacks: Sequence[Callback] = (),
         generators: dict[str, torch.Generator] | None = None, evaluate: Callable[[int], dict] | None = None,

@@ -34,7 +34,7 @@ from ..hooks import record
 from ..io import check_same_config, save_model, write_json
 from ..plot import plot_arm_curves
 from ..topography import attach
-from ..train import fit
+from ..train import distributed, fit, wrap_ddp
 from . import kind
 from ..registry import Claim, claims, data_claims, front
 
@@ -132,14 +132,6 @@ def sheet_layouts(model: GPT, cfg: TopoLMConfig) -> dict[str, L.Layout]:
     return out
 
 
-def _device(cfg: TopoLMConfig, rank: int) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda but CUDA is not available")
-        return torch.device("cuda", rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 def lr_at(step: int, cfg: TopoLMConfig) -> float:
     """Linear warmup then cosine decay from ``lr`` to ``min_lr`` (nanoGPT)."""
     if step < cfg.warmup:
@@ -178,14 +170,8 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     checkpointed, so a resumed arm continues exactly.
     """
     out = Path(out)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world, device = distributed(cfg.device)
     ddp = world > 1
-    device = _device(cfg, int(os.environ.get("LOCAL_RANK", rank)))
-    if ddp and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     torch.set_num_threads(cfg.threads)
     tokens = tokens or load_tokens(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in both arms
@@ -203,7 +189,7 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
-    net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    net = wrap_ddp(model)
     if cfg.compile:
         net = torch.compile(net)  # attach resets TorchDynamo, so the hooks are traced into the compiled code
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)  # each rank its own micro-batches
