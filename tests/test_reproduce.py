@@ -66,3 +66,14 @@ def test_reproduce_data_adds_real_data_rows_that_name_their_data(tmp_path, capsy
     mn = json.loads((tmp_path / "locality-prior-mnist" / "seed-0" / "metrics.json").read_text())
     assert mn["data"] == "mnist" and len(mn["variance_per_class_local"]) == 10
     assert "| MNIST" in (tmp_path / "report.md").read_text()
+
+
+def test_reproduce_prints_elapsed_time_and_an_estimate_of_the_rest(tmp_path):
+    from topotorch.report import _eta, _previous_run_seconds
+    assert _eta(65, {"a": 2, "b": 1}, {}, []) == "elapsed 1:05; time left estimated after the first run"
+    # rows timed this run or in the last report use their own time per run; others the mean run so far
+    assert _eta(65, {"a": 2, "b": 1}, {"a": 10.0}, [20.0]) == "elapsed 1:05; about 0:40 left"
+    assert _eta(600, {"a": 1, "b": 0}, {"a": 125.0, "b": 1.0}, []) == "elapsed 10:00; about 2:05 left"
+    (tmp_path / "report.json").write_text(json.dumps({"meta": {"quick": True}, "rows": [
+        {"recipe": "a", "seconds": 30.0, "seeds": [0, 1, 2]}]}))
+    assert _previous_run_seconds(tmp_path, True) == {"a": 10.0} and _previous_run_seconds(tmp_path, False) == {}

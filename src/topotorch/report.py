@@ -69,6 +69,28 @@ def fronts(out: Path, quick: bool, seeds: int, data_dir=None, progress: bool = T
     return result
 
 
+def _previous_run_seconds(out: Path, quick: bool) -> dict[str, float]:
+    """Seconds per run of each row in ``out/report.json`` when it was written in the same mode, else nothing."""
+    try:
+        rep = json.loads((out / "report.json").read_text())
+        if bool(rep["meta"]["quick"]) != quick:
+            return {}
+        return {r["recipe"]: r["seconds"] / max(1, len(r["seeds"])) for r in rep["rows"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: list[float]) -> str:
+    """``elapsed m:ss; about m:ss left`` — the runs left times their row's seconds per run (measured this time or
+    in the last report here; rows never timed get the mean run so far)."""
+    fmt = lambda x: f"{int(x // 60)}:{int(x % 60):02d}"
+    mean = sum(done) / len(done) if done else None
+    if mean is None and not all(name in known for name, n in left.items() if n):
+        return f"elapsed {fmt(elapsed)}; time left estimated after the first run"
+    rest = sum(n * known.get(name, mean or 0.0) for name, n in left.items())
+    return f"elapsed {fmt(elapsed)}; about {fmt(rest)} left"
+
+
 def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True,
               seeds: int | None = None, data_dir=None, sweeps: bool = False) -> list[dict]:
     """Run the recipes behind :data:`CLAIMS` over ``seeds`` seeds each (default 3 quick, 5 full) into
@@ -86,6 +108,10 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     chosen = [c for c in every if ((c.recipe in only or c.run_as in only) if only else not (quick and c.full_only))]
     if not chosen:
         raise ValueError(f"no recipe matches {only}; recipes: {sorted({c.run_as or c.recipe for c in every})}")
+    # seconds per run of each row, from the last report written here in the same mode (refined as runs finish)
+    known = _previous_run_seconds(out, quick)
+    done: list[float] = []
+    left = {(c.run_as or c.recipe): seeds for c in chosen}
     for k, c in enumerate(chosen, 1):
         name = c.run_as or c.recipe
         base = int(load_recipe(c.recipe).config.get("seed", 0))
@@ -93,9 +119,13 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
         t = time.time()
         per_seed, figs = [], {}
         for seed in seed_list:
-            print(f"[{k}/{len(chosen)}] {name}, seed {seed} …", flush=True)
+            print(f"[{k}/{len(chosen)}] {name}, seed {seed} … ({_eta(time.time() - t0, left, known, done)})", flush=True)
             over = dict(c.quick if quick else c.overrides, seed=seed)
+            t_run = time.time()
             m = run_recipe(c.recipe, out / name / f"seed-{seed}", over, progress=progress)
+            done.append(time.time() - t_run)
+            known.setdefault(name, done[-1])
+            left[name] -= 1
             ok = bool(c.holds(m))
             per_seed.append({"seed": seed, "holds": ok, "measured": c.measured(m)})
             for key, v in c.figures(m).items():
