@@ -11,7 +11,11 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["Layout", "distance", "line", "grid", "square", "square_grid", "ring", "explicit", "proximity", "within"]
+__all__ = ["Layout", "distance", "line", "grid", "square", "square_grid", "ring", "explicit", "proximity", "within",
+           "POSITIONS", "positions_of", "set_positions", "split_positions"]
+
+# The one name under which a module keeps the positions of its output units (a buffer: saved with the state dict).
+POSITIONS = "topo_positions"
 
 
 class Layout:
@@ -218,3 +222,24 @@ def within(a, b, radius: float):
         return diff.abs().amax(-1) <= radius + 1e-9
     import numpy as np
     return np.abs(diff).max(-1) <= radius + 1e-9
+
+
+def positions_of(module) -> "torch.Tensor | None":
+    """The ``(n, dim)`` positions ``module`` keeps for its output units (its :data:`POSITIONS` buffer), or None."""
+    return module._buffers.get(POSITIONS)
+
+
+def set_positions(module, coords) -> None:
+    """Give ``module``'s output units positions ``(n, dim)`` (a float32 buffer on the module's device), replacing
+    any it had. Buffers are saved with ``state_dict`` and restored by ``load_state_dict``."""
+    c = torch.as_tensor(coords.unit_coords if isinstance(coords, Layout) else coords).float()
+    ref = next(iter(module.parameters()), None)
+    module.register_buffer(POSITIONS, c.to(ref.device if ref is not None else "cpu"))
+
+
+def split_positions(state: dict) -> tuple[dict, dict]:
+    """A state dict split into ``{module path: (n, dim) positions}`` and the rest (for a model built without the
+    position buffers)."""
+    suffix = "." + POSITIONS
+    pos = {k[:-len(suffix)]: v for k, v in state.items() if k.endswith(suffix)}
+    return pos, {k: v for k, v in state.items() if not k.endswith(suffix)}

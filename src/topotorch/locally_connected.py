@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from .layout import set_positions
+
 __all__ = ["LocallyConnected2d", "hypercolumn_positions"]
 
 
@@ -63,7 +65,7 @@ class LocallyConnected2d(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
-        self.register_buffer("topo_positions", hypercolumn_positions(self.out_channels, *self.output_size))
+        set_positions(self, hypercolumn_positions(self.out_channels, *self.output_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != self.input_size:

@@ -27,11 +27,10 @@ from . import layout as L
 from .costs.correlation import MAX_EXACT_UNITS, SpatialCorrelationLoss, check_alpha, correlation_matrix
 from .hooks import output_shapes, record, resolve_modules, unwrap_compiled
 from .costs.smoothness import WeightSmoothness, sheet_shape
-from .layout import Layout
+from .layout import POSITIONS, Layout, set_positions
 
 __all__ = ["attach", "detach", "is_attached", "Topography", "retinotopic", "window_radius", "POSITIONS", "WINDOW_UNITS"]
 
-POSITIONS = "topo_positions"
 
 
 def retinotopic(channels: int, height: int, width: int, spacing: float | None = None, jitter: float = 0.1,
@@ -339,9 +338,7 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
     added = []
     try:
         for e in entries:
-            ref = next(iter(e["module"].parameters()), None)
-            e["module"].register_buffer(POSITIONS, e.pop("layout").unit_coords.float().to(
-                ref.device if ref is not None else "cpu"))
+            set_positions(e["module"], e.pop("layout"))
             added.append(e["module"])
         topo = Topography(model, entries, alpha, smoothness, factor, mode, kind, radii, neighbourhoods, seed,
                           max_exact_units)

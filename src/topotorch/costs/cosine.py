@@ -10,6 +10,8 @@ a unit's weights toward its neighbours' direction (scale-free: cosine).
 """
 from __future__ import annotations
 
+from ..layout import positions_of
+
 from typing import Sequence
 
 import torch
@@ -90,7 +92,7 @@ class CosineSmoothness:
             if not float(a) >= 0:
                 raise ValueError(f"alpha must be non-negative, got {a}")
             n = unit_vectors(mod, bias).shape[0]
-            pos = mod._buffers.get("topo_positions")
+            pos = positions_of(mod)
             if pos is not None:
                 if len(pos) != n:
                     raise ValueError(f"{type(mod).__name__} has {len(pos)} positions for {n} units")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..layout import distance, proximity
+from ..layout import distance, positions_of, proximity, set_positions
 
 __all__ = ["DECAYS", "prior_matrix", "LocalityPrior", "apply_locality_prior", "LocalityLinear"]
 
@@ -89,7 +89,7 @@ class LocalityLinear(nn.Linear):
         super().__init__(in_layout.n, out_layout.n, bias=bias)
         # Positions live on the module (saved with its state_dict); the Layouts are views of them.
         self.register_buffer("in_positions", in_layout.unit_coords.float())
-        self.register_buffer("topo_positions", out_layout.unit_coords.float())
+        set_positions(self, out_layout)
         self._kinds = (in_layout.kind, out_layout.kind)
         if prior:
             apply_locality_prior(self, in_layout, out_layout, decay, radius, p, normalize, strength)
@@ -105,4 +105,4 @@ class LocalityLinear(nn.Linear):
     @property
     def out_layout(self):
         from ..layout import Layout
-        return Layout(self.topo_positions.double().cpu(), kind=self._kinds[1])
+        return Layout(positions_of(self).double().cpu(), kind=self._kinds[1])

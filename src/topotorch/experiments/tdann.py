@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..layout import split_positions
 from ..models import TopoCNN
 from .. import metrics as M
 from ..data import load_dataset
@@ -206,7 +207,7 @@ def probe_run(run) -> list[Subject]:
                         cfg.stride)
         sd = read_state(path)
         pos = saved_positions(sd)
-        model.load_state_dict({k: v for k, v in sd.items() if not k.endswith(".topo_positions")})
+        model.load_state_dict(split_positions(sd)[1])
         subs.append(Subject(arm, model, [Sheet(n, getattr(model, n), pos[n], "locations") for n in SHEETS],
                             input_shape=tuple(data.x_train.shape[1:])))
     return subs

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..layout import split_positions
 from ..io import save_model, write_json
 from ..models import ResNet18
 from ..plot import read_log
@@ -223,7 +224,7 @@ def probe_run(run) -> list[Subject]:
         model = ResNet18(classes=4, width=cfg.width, in_channels=1)
         sd = read_state(path)
         pos = saved_positions(sd)
-        model.load_state_dict({k: v for k, v in sd.items() if not k.endswith(".topo_positions")})
+        model.load_state_dict(split_positions(sd)[1])
         subs.append(Subject(arm, model, [Sheet(n, model.get_submodule(n), pos[n], "locations") for n in SHEETS],
                             input_shape=(1, cfg.size, cfg.size)))
     return subs

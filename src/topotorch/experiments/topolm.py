@@ -356,8 +356,8 @@ def load_arm(run, arm: str):
     vocab = D.grammar_corpus(cfg.n_sentences, cfg.seed).vocab if cfg.data == "grammar" else None
     model = GPT(GPTConfig(cfg.block_size, len(vocab) if vocab else 256, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout))
     sd = read_state(run / arm / "model.safetensors")
-    suffix = ".topo_positions"
-    positions = {k[:-len(suffix)]: L.Layout(sd.pop(k).double(), kind="grid") for k in list(sd) if k.endswith(suffix)}
+    pos, sd = L.split_positions(sd)
+    positions = {k: L.Layout(v.double(), kind="grid") for k, v in pos.items()}
     model.load_state_dict(sd)
     return cfg, model, positions, vocab
 

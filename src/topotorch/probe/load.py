@@ -6,6 +6,8 @@ Recipes register how to load their run directories (``register_run_loader``), so
 """
 from __future__ import annotations
 
+from ..layout import positions_of
+
 import importlib
 import importlib.util
 import json
@@ -134,7 +136,7 @@ def _sheets(model, sheets, layout, units, input_shape, reference, ids: bool = Fa
     import torch
     from ..topography import Topography
     if sheets is None and reference is not None and not any(
-            "topo_positions" in m._buffers for m in model.modules()):
+            positions_of(m) is not None for m in model.modules()):
         from .run import control_sheets
         return control_sheets(model, reference)
     if isinstance(sheets, Topography):

@@ -16,7 +16,7 @@ from . import vision as V
 from ..hooks import first_tensor
 from .maps import summarise
 from .plots import plot_curves, plot_maps
-from ..layout import Layout
+from ..layout import Layout, positions_of
 from .sheets import Sheet
 
 __all__ = ["Subject", "Protocol", "probe_subject", "probe", "control_sheets", "language_report", "vision_report"]
@@ -61,7 +61,7 @@ def control_sheets(control: nn.Module, sheets: list[Sheet]) -> list[Sheet]:
             mod = control.get_submodule(s.name)
         except AttributeError:
             raise ValueError(f"the control has no module {s.name!r} (the probed model's sheet)") from None
-        pos = mod._buffers.get("topo_positions")
+        pos = positions_of(mod)
         lay = s.layout if pos is None else Layout(pos.detach().double().cpu(), kind=s.layout.kind)
         if lay.n != s.layout.n:
             raise ValueError(f"the control's {s.name} has {lay.n} positioned units, the model's {s.layout.n}")

@@ -14,12 +14,11 @@ import torch
 from torch import nn
 
 from ..hooks import output_shapes, resolve_modules
-from ..layout import Layout
+from ..layout import POSITIONS, Layout, positions_of, split_positions
 from .stats import is_grid
 
 __all__ = ["Sheet", "find_sheets", "saved_positions", "POSITIONS"]
 
-POSITIONS = "topo_positions"
 
 
 @dataclass
@@ -70,7 +69,7 @@ def find_sheets(model: nn.Module, sheets=None, layout: str | Layout = "grid", un
     if sheets is None:
         found = {}
         for name, mod in model.named_modules():
-            pos = mod._buffers.get(POSITIONS)
+            pos = positions_of(mod)
             if pos is not None:
                 found[name] = Layout(pos.detach().double().cpu(), kind=_kind(pos, "features"))
         if found and example_input is not None:  # a forward pass tells a block's map units apart
@@ -136,16 +135,14 @@ def saved_positions(path) -> dict[str, Layout]:
 
     Reattach them after ``from_pretrained`` in one line: ``tt.attach(model, saved_positions(folder), ...)``."""
     if isinstance(path, dict):
-        sd = path
+        pos = split_positions(path)[0]
     else:
         from safetensors.torch import load_file
         p = Path(path)
         files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
         if not files or not all(f.is_file() for f in files):
             raise FileNotFoundError(f"{p}: no .safetensors weights found")
-        sd = {}
+        pos = {}
         for f in files:
-            sd.update({k: v for k, v in load_file(str(f)).items() if k.endswith("." + POSITIONS)})
-    suffix = "." + POSITIONS
-    return {k[:-len(suffix)]: Layout(v.double(), kind="grid" if is_grid(v.double()) else "explicit")
-            for k, v in sd.items() if k.endswith(suffix)}
+            pos.update(split_positions(load_file(str(f)))[0])
+    return {k: Layout(v.double(), kind="grid" if is_grid(v.double()) else "explicit") for k, v in pos.items()}
