@@ -64,3 +64,16 @@ def test_every_recipe_kind_has_sweep_figures():
     from topotorch.sweep import FIGURES
     registry.load()
     assert len(registry.KINDS) >= 9 and set(registry.KINDS) <= set(FIGURES)
+
+
+def test_sweep_with_two_jobs_writes_the_same_sweep_json_as_a_serial_sweep(tmp_path):
+    """Cells in two worker processes: every cell the same run (a one-thread recipe), so the same sweep.json."""
+    import json
+    from topotorch.sweep import sweep
+    grid, fixed = {"tau": [0.0, 10.0]}, {"steps": 5}
+    serial = sweep("toponets-mlp", grid, fixed, seeds=1, out=tmp_path / "serial", progress=False)
+    parallel = sweep("toponets-mlp", grid, fixed, seeds=1, out=tmp_path / "parallel", progress=False, jobs=2)
+    assert serial == parallel
+    a = json.loads((tmp_path / "serial" / "sweep.json").read_text())
+    b = json.loads((tmp_path / "parallel" / "sweep.json").read_text())
+    assert a == b and len(a["runs"]) == 2

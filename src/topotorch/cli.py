@@ -170,7 +170,7 @@ def _cmd_sweep(args) -> int:
     from .sweep import parse_grid, sweep
     grid, fixed = parse_grid(args.set)
     sweep(args.recipe, grid, fixed, seeds=args.seeds, out=args.out or f"sweeps/{args.recipe}",
-          progress=not args.quiet, strength=args.strength)
+          progress=not args.quiet, strength=args.strength, jobs=args.jobs)
     return 0
 
 
@@ -220,6 +220,8 @@ def main(argv=None) -> int:
     sw.add_argument("--seeds", type=int, default=2, help="seeds per setting (default 2)")
     sw.add_argument("--strength", help="the grid key whose 0 is the control (default: the first swept key)")
     sw.add_argument("--out", help="sweep directory (default sweeps/RECIPE); rerun to continue an interrupted sweep")
+    sw.add_argument("--jobs", type=int, default=1, help="cells run at once in worker processes (default 1); keep "
+                    "jobs × the recipe's threads ≤ the cores")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     st = sub.add_parser("stimuli", help="every arm of a language-model run on a stimulus table (= probe --stimuli)")
     st.add_argument("run", help="run directory of a language model")

@@ -62,11 +62,20 @@ def _cell_name(params: dict, seed: int) -> str:
     return "_".join(p.replace("/", "-").replace(" ", "") for p in parts) + f"_seed={seed}"
 
 
+def _run_cell(recipe: str, d: str, over: dict, resume: bool) -> tuple[dict, float]:
+    """One cell in a worker process: its metrics and seconds. Torch in the worker uses the recipe's own thread
+    count (``threads`` in its config), as in a serial sweep."""
+    t = time.time()
+    return run_recipe(recipe, Path(d), over, resume=resume, progress=False), time.time() - t
+
+
 def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, out=None, progress: bool = True,
-          strength: str | None = None) -> dict:
+          strength: str | None = None, jobs: int = 1) -> dict:
     """Run ``recipe`` for every combination of ``grid`` × ``seeds`` seeds (from the recipe's default seed);
     returns the ``sweep.json`` content. ``strength`` names the grid key whose 0 is the control (default: the
-    first grid key)."""
+    first grid key). ``jobs`` > 1 runs that many cells at once in worker processes (spawned; each cell is the
+    same run as in a serial sweep, so ``sweep.json`` is the same); keep ``jobs`` × the recipe's ``threads`` at or
+    below the machine's cores, or the workers compete for them."""
     r = load_recipe(recipe)
     registry.load()
     if r.kind not in FIGURES:
@@ -75,6 +84,8 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
         raise ConfigError("give at least one --set KEY=V1,V2,… to sweep")
     if seeds < 1:
         raise ConfigError(f"--seeds must be ≥ 1, got {seeds}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
     fixed = dict(fixed or {})
     strength = strength or next(iter(grid))
     out = Path(out or f"sweeps/{recipe}")
@@ -84,9 +95,26 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
     cells = [(p, base + k) for p in settings for k in range(seeds)]
     task_label, task_fn, topo_label, topo_fn = FIGURES[r.kind]
     rows, t0, ran = [], time.time(), 0
+    # cells to run in worker processes, submitted at once (the others are read or run below, in order)
+    pending = {}
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        for params, seed in cells:
+            d = out / _cell_name(params, seed)
+            if not (d / "metrics.json").is_file():
+                resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
+                pending[d] = (pool.submit(_run_cell, recipe, str(d), {**fixed, **params, "seed": seed}, resume), resume)
+        pool.shutdown(wait=False)
     for i, (params, seed) in enumerate(cells, 1):
         d = out / _cell_name(params, seed)
-        if (d / "metrics.json").is_file():
+        if d in pending:
+            future, resume = pending[d]
+            m, _ = future.result()
+            ran += 1
+            how = "resumed" if resume else "ran"
+        elif (d / "metrics.json").is_file():
             m, how = read_json(d / "metrics.json", "run metrics"), "done before"
         else:
             resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
