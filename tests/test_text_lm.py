@@ -127,3 +127,8 @@ def test_text_run_writes_its_analysis_without_word_classes(text_run):
                 assert isinstance(m[f"morans_i_{key}{suffix}_{arm}"], float)
     for f in ("corr_distance.png", "maps_localizer.png", "maps_noun_verb.png", "analysis.json"):
         assert (run / f).stat().st_size > 0, f
+    # the reproduce row for text (`reproduce --data`) reads these metrics: its verdict and figures work on this run
+    from topotorch.report import data_claims
+    row = {c.run_as: c for c in data_claims(SHARED / "data")}["topolm-text"]
+    assert isinstance(row.holds(m), bool) and "Moran" in row.measured(m)
+    assert set(row.figures(m)) >= {"Moran's I localizer topo", "BLiMP topo"}

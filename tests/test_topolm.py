@@ -16,6 +16,8 @@ QUICK = {"quick": True}
 
 @pytest.mark.slow
 def test_quick_recipe_contract_and_claims(tmp_path):
+    """TopoLM's claims (Moran's I 0.78 vs 0.12 noun–verb, equal loss) on the quick variant: the recipe runs once here;
+    the default length is what `topotorch reproduce` checks over seeds."""
     m = run_recipe("topolm", tmp_path, QUICK, progress=False)
     for k in ("recipe", "seed", "steps", "seconds", "val_loss_topo", "val_loss_control", "morans_i_topo",
               "morans_i_control", "smoothness_topo", "smoothness_control"):
@@ -102,9 +104,3 @@ def test_hf_text_streams_a_local_file(tmp_path):
     assert bytes(d.train[:8].tolist()).decode() == "document"
 
 
-@pytest.mark.slow
-def test_full_topolm_recipe_reproduces_topolm_claims(tmp_path):
-    """The recipe's default settings (~65 s here): TopoLM reports Moran's I 0.78 vs 0.12 (noun–verb)."""
-    m = run_recipe("topolm", tmp_path, progress=False)
-    assert abs(m["val_loss_topo"] - m["val_loss_control"]) <= 0.05 * m["val_loss_control"]
-    assert m["morans_i_topo"] >= 0.5 and m["morans_i_topo"] >= m["morans_i_control"] + 0.3
