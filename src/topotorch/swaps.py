@@ -17,6 +17,17 @@ __all__ = ["swap_optimize", "swap_optimize_batched", "swap_optimize_windows", "S
 SHEET_SWAP_UNITS = 4096
 
 
+def _improves(ra, rb, Da, Db, a: int, b: int, kind: str) -> bool:
+    """Whether exchanging the places of units a and b lowers the loss, from their correlation rows ``ra, rb`` and
+    the proximity rows ``Da, Db`` of their places (pairs with a or b themselves left out). Relative: the swap
+    permutes D, so only Σ r·D changes, by ``Σ_k (r_ak − r_bk)(D_bk − D_ak)``; absolute: the change of Σ |r − D|."""
+    mask = np.ones(len(ra), dtype=bool)
+    mask[[a, b]] = False
+    if kind == "relative":
+        return ((ra - rb) * (Db - Da))[mask].sum() > 1e-12
+    return (np.abs(ra - Db) + np.abs(rb - Da) - np.abs(ra - Da) - np.abs(rb - Db))[mask].sum() < -1e-12
+
+
 def _window_units(P: np.ndarray, centre: int, radius: float) -> np.ndarray:
     return np.nonzero(within(P[centre:centre + 1], P, radius)[0])[0]
 
@@ -80,17 +91,7 @@ def swap_optimize(r, layout, windows: int = 50, swaps_per_window: int = 50, radi
                 else:
                     P[[a, b]] = P[[b, a]]
                 continue
-            Da, Db = drow(a), drow(b)
-            ra, rb = R[a], R[b]
-            mask = np.ones(n, dtype=bool)
-            mask[[a, b]] = False
-            if kind == "relative":
-                gain = ((ra - rb) * (Db - Da))[mask].sum()  # change of Σ r·D; the loss falls iff it grows
-                better = gain > 1e-12
-            else:
-                change = (np.abs(ra - Db) + np.abs(rb - Da) - np.abs(ra - Da) - np.abs(rb - Db))[mask].sum()
-                better = change < -1e-12
-            if better:
+            if _improves(R[a], R[b], drow(a), drow(b), a, b, kind):
                 P[[a, b]] = P[[b, a]]
                 accepted += 1
     after = full_loss(P)
@@ -278,15 +279,9 @@ def swap_optimize_windows(acts, layout, windows: int = 50, swaps_per_window: int
         slot = np.arange(m)                        # slot[i]: the row of R of the unit now on point P[i]
         for _ in range(swaps_per_window):
             i, j = rs.choice(m, 2, replace=False)
-            ri, rj = R[slot[i]][slot], R[slot[j]][slot]  # correlations with the units on every point
-            mask = np.ones(m, dtype=bool)
-            mask[[i, j]] = False
             tried += 1
-            if kind == "relative":
-                better = ((ri - rj) * (Dn[j] - Dn[i]))[mask].sum() > 1e-12
-            else:
-                better = (np.abs(ri - Dn[j]) + np.abs(rj - Dn[i]) - np.abs(ri - Dn[i]) - np.abs(rj - Dn[j]))[mask].sum() < -1e-12
-            if better:
+            # correlations of the units now on points i and j with the units on every point
+            if _improves(R[slot[i]][slot], R[slot[j]][slot], Dn[i], Dn[j], i, j, kind):
                 slot[[i, j]] = slot[[j, i]]
                 accepted += 1
         occ[P] = occ[P][torch.from_numpy(slot)]

@@ -62,11 +62,10 @@ def _cell_name(params: dict, seed: int) -> str:
     return "_".join(p.replace("/", "-").replace(" ", "") for p in parts) + f"_seed={seed}"
 
 
-def _run_cell(recipe: str, d: str, over: dict, resume: bool) -> tuple[dict, float]:
-    """One cell in a worker process: its metrics and seconds. Torch in the worker uses the recipe's own thread
-    count (``threads`` in its config), as in a serial sweep."""
-    t = time.time()
-    return run_recipe(recipe, Path(d), over, resume=resume, progress=False), time.time() - t
+def _run_cell(recipe: str, d: str, over: dict, resume: bool) -> dict:
+    """One cell in a worker process: its metrics. Torch in the worker uses the recipe's own thread count
+    (``threads`` in its config), as in a serial sweep."""
+    return run_recipe(recipe, Path(d), over, resume=resume, progress=False)
 
 
 def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, out=None, progress: bool = True,
@@ -111,7 +110,7 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
         d = out / _cell_name(params, seed)
         if d in pending:
             future, resume = pending[d]
-            m, _ = future.result()
+            m = future.result()
             ran += 1
             how = "resumed" if resume else "ran"
         elif (d / "metrics.json").is_file():

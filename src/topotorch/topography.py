@@ -96,7 +96,7 @@ class Topography:
             [(e["name"], e["module"], self.positions(e["name"]), e["units"]) for e in entries],
             alpha=alpha, mode=mode, kind=kind, radius=radius, neighbourhoods=neighbourhoods,
             generator=torch.Generator().manual_seed(seed), model=model, max_exact_units=max_exact_units) if on else None
-        self.radius, self.max_exact_units = radius, max_exact_units
+        self.radius = radius  # per sheet: the window-by-window pre-optimisation reuses it
         self._hook = unwrap_compiled(model).register_load_state_dict_post_hook(lambda m, keys: self.refresh())
         self.attached = True
 
@@ -327,12 +327,6 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
              else window_radius(e["layout"]) if e["units"] == "locations" else 2.0 for e in entries}
     if neighbourhoods is None:
         neighbourhoods = 1 if all(e["units"] == "locations" for e in entries) else 5
-    if mode == "exact" and alpha_on(alpha):
-        big = {e["name"]: e["layout"].n for e in entries if e["layout"].n > max_exact_units}
-        if big:
-            raise ValueError(f"mode='exact' holds (n × n) matrices per sheet; sheet(s) {big} have more than "
-                             f"max_exact_units={max_exact_units} units: use mode='sampled' (windows of about "
-                             f"{WINDOW_UNITS} units, as TDANN), or raise max_exact_units if the memory is there")
 
     # Everything is validated: only now touch the model, and undo it all if anything still fails.
     added = []

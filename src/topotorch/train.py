@@ -48,11 +48,15 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, mome
 
 @torch.no_grad()
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``x``, ``y``."""
+    """Top-1 accuracy of ``model`` (in eval mode, no autograd; the mode is restored) on ``x``, ``y``."""
     was = model.training
     model.eval()
-    correct = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    model.train(was)
+    try:
+        with torch.no_grad():
+            correct = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
+                          for i in range(0, len(x), batch))
+    finally:
+        model.train(was)
     return correct / len(x)
 
 

@@ -124,6 +124,7 @@ class _Sheet:
         """Recompute distances and neighbourhoods (after the positions changed)."""
         n = self.layout.n
         self.index = Windows(self.layout.unit_coords, self.radius)  # O(n): kept in both modes for inspection
+        self.D, self.window_key = None, None
         if self.mode == "exact":
             if n > self.max_exact:
                 raise ValueError(
@@ -132,14 +133,11 @@ class _Sheet:
                     f"TDANN), or raise max_exact_units if the memory is there")
             self.D = inverse_distance(self.layout)
             self.Dc, self.sdd = centred_distance(self.D)
-            self.window_key = None
             return
-        self.D = None
-        self.window_key = None
         if self.index.regular:
             # Sheets with equal window geometry share Dw and are sampled in one batch.
             w0 = self.index.table(torch.zeros(1, dtype=torch.long))[0]
-            self.Dw = inverse_distance(Layout(self.layout.unit_coords[w0]))
+            self.Dw = _inverse_distance(self.index.coords[w0])
             self.Dcw, self.sddw = centred_distance(self.Dw)
             self.window_key = (n, self.index.count, self.index.m, tuple(self.index.shape),
                                tuple(torch.round(self.Dw * 1e5).flatten().tolist()))
@@ -178,7 +176,6 @@ class _Group:
             s0 = sheets[0]
             self.D, self.Dc, self.sdd = s0.Dw.to(device), s0.Dcw.to(device), s0.sddw.to(device)
             self.count, self.shape = s0.index.count, s0.index.shape
-            self.offsets = {}
             self.parts = {}
             for dev in {torch.device("cpu"), torch.device(device)}:
                 self.parts[dev] = (torch.stack([s.index.start for s in sheets]).to(dev),

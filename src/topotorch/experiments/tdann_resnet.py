@@ -37,7 +37,7 @@ from ..probe.sheets import Sheet
 from ..probe.vision import gratings, offline_categories
 from ..registry import Claim, claims
 from ..topography import attach
-from ..train import Batches, fit, make_optimizer
+from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
 from .common import arm_steps, check_length, start_run
 
@@ -105,16 +105,6 @@ def augment(x: torch.Tensor, step: int, seed: int) -> torch.Tensor:
     out = out.gather(3, cols)
     flip = torch.rand(B, generator=g) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-def accuracy(model, x, y) -> float:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return float((model(x).argmax(1) == y).float().mean())
-    finally:
-        model.train(was)
 
 
 SWEEP_FIGURES = ("test accuracy (topographic arm)", lambda m: m["accuracy_topo"],
