@@ -140,9 +140,10 @@ def test_in_context_learns_in_context_and_reports_survivors(tmp_path):
     b = m["arms"]["bimt"]
     assert b["params_kept"] < m["arms"]["control"]["params_kept"]
     # survivors recomputed from the saved weights
-    from topotorch.experiments.incontext import RegressionTransformer
+    from topotorch.experiments.incontext import RegressionTransformer, incontext_graph
     model = RegressionTransformer(GPTConfig(block_size=4, vocab_size=1, n_layer=2, n_head=1, n_embd=32, bias=True),
                                   2, 2)
+    incontext_graph(model)  # the graph keeps its positions on the model: build it before loading
     load_model(model, tmp_path / "bimt" / "model.safetensors")
     thr = 0.01
     alive = (model.l_in.weight.abs() > thr).any(1) | (model.l_out.weight.abs() > thr).any(0)

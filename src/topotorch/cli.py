@@ -181,6 +181,21 @@ def _cmd_reproduce(args) -> int:
     return 0 if all(r["holds"] for r in rows) else 1
 
 
+def _cmd_draw(args) -> int:
+    from . import metrics as M
+    from .graph import from_state_dict
+    from .io import read_state
+    from .plot import draw_network
+    from pathlib import Path
+    path = Path(args.weights)
+    g = from_state_dict(read_state(path))
+    out = Path(args.out) if args.out else path.with_name("network.png")
+    draw_network(g, out, title=path.name)
+    q, _ = M.modularity(g, 0.0, "louvain", seed=0)
+    print(f"{out}: layers {g.shape}, wiring length {M.wiring_length(g, 0.0):.4g}, Newman's Q (Louvain) {q:.3f}")
+    return 0
+
+
 def _one_line(e: BaseException) -> str:
     """An error message on one line (YAML and JSON errors span several)."""
     return " ".join(str(e).split())
@@ -260,6 +275,10 @@ def main(argv=None) -> int:
                     help="wiring length of the weights by which sheet B reads sheet A (directly or pooled), vs shuffled")
     pr.add_argument("--permutations", type=int, default=999, help="shuffled-position permutations per map (default 999)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the permutations and samples")
+    dr = sub.add_parser("draw", help="draw a BIMT network from its model.safetensors alone (positions, weights, "
+                                     "permutations are all in the file)")
+    dr.add_argument("weights", help="a .safetensors file of a model embedded with topotorch.embed (a BIMT run's model)")
+    dr.add_argument("--out", help="PNG to write (default: network.png beside the weights)")
     from . import registry
     registry.load()
     for name, (text, add_arguments, _) in registry.COMMANDS.items():  # subcommands that recipes bring
@@ -267,7 +286,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         handler = {"run": _cmd_run, "reproduce": _cmd_reproduce, "blimp": _cmd_blimp, "stimuli": _cmd_stimuli,
-                   "probe": _cmd_probe, "sweep": _cmd_sweep}.get(args.cmd) or registry.COMMANDS[args.cmd][2]
+                   "probe": _cmd_probe, "sweep": _cmd_sweep, "draw": _cmd_draw}.get(args.cmd) or registry.COMMANDS[args.cmd][2]
         rc = handler(args)
     except (ConfigError, CheckpointError, ValueError, OSError, ImportError) as e:
         print(f"topotorch: error: {_one_line(e)}", file=sys.stderr)

@@ -134,14 +134,20 @@ def gpt_graph(model: GPT, stream=None, hidden=None) -> NeuronGraph:
     block the q, k, v units (placed, costed, but not moved: their order ties heads together) and the MLP
     hidden units. Relocating the stream or a hidden layer keeps the logits unchanged.
 
+    Every layer's positions live on a module of the model (:data:`~topotorch.layout.POSITIONS` buffers: the stream on
+    ``wte``, q/k/v on their projections, the hidden units on ``mlp.c_fc``), so ``state_dict`` saves them and a
+    topography attached with ``attach(..., graph=g)`` to the blocks' output projections shares the stream's.
+
     Args:
-        stream: layout of the ``n_embd`` stream units (default a line).
+        stream: layout of the ``n_embd`` stream units (default: the positions ``model.wte`` already keeps, as after
+            loading a saved state, else a line).
         hidden: layout of each block's ``4·n_embd`` hidden units (default: a line or a grid, as the stream).
     """
     g = NeuronGraph()
     g.model = model
-    stream = stream or L.line(model.config.n_embd)
-    s = g.add_layer("stream", stream, [Port(model.wte, "weight", 1), Port(model.wpe, "weight", 1)])
+    if stream is None and L.positions_of(model.wte) is None:
+        stream = L.line(model.config.n_embd)
+    s = g.add_layer("stream", stream, [Port(model.wte, "weight", 1), Port(model.wpe, "weight", 1)], owner=model.wte)
     add_blocks(g, s, model.blocks, [model.ln_f], hidden)
     return g
 
@@ -170,13 +176,20 @@ def add_blocks(g: NeuronGraph, s: int, blocks, norms=(), hidden=None) -> None:
     for i, b in enumerate(blocks):
         qkv = {}
         for part in ("q", "k", "v"):
-            qkv[part] = g.add_layer(f"block{i}.{part}", same_kind(n))
+            qkv[part] = g.add_layer(f"block{i}.{part}", _keep(getattr(b.attn, part), same_kind(n)),
+                                    owner=getattr(b.attn, part))
             g.layers[qkv[part]].movable = False
             g.connect(getattr(b.attn, part), s, qkv[part], name=f"block{i}.attn.{part}")
         g.connect(b.attn.c_proj, qkv["v"], s, name=f"block{i}.attn.c_proj")
-        h = g.add_layer(f"block{i}.hidden", hidden or same_kind(4 * n))
+        h = g.add_layer(f"block{i}.hidden", hidden or _keep(b.mlp.c_fc, same_kind(4 * n)), owner=b.mlp.c_fc)
         g.connect(b.mlp.c_fc, s, h, name=f"block{i}.mlp.c_fc")
         g.connect(b.mlp.c_proj, h, s, name=f"block{i}.mlp.c_proj")
+
+
+def _keep(owner: nn.Module, default: L.Layout) -> L.Layout | None:
+    """None (share them) when ``owner`` already keeps positions of ``default``'s shape, else ``default``."""
+    have = L.positions_of(owner)
+    return None if have is not None and have.shape == (default.n, default.dim) else default
 
 
 @torch.no_grad()

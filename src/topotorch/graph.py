@@ -11,7 +11,7 @@ metrics and plots all read this graph, so a new model only has to declare its po
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -22,7 +22,7 @@ from . import layout as L
 from .hooks import first_tensor
 from .layout import Layout
 
-__all__ = ["Port", "NeuronLayer", "WeightLayer", "NeuronGraph", "embed", "ELEMENTWISE"]
+__all__ = ["Port", "NeuronLayer", "WeightLayer", "NeuronGraph", "embed", "from_state_dict", "WeightsOnly", "ELEMENTWISE"]
 
 # Modules that act on each unit separately, so they sit inside a neuron layer without ports.
 ELEMENTWISE = (
@@ -64,20 +64,51 @@ class Port:
         return getattr(self.module, self.name)
 
 
-@dataclass
 class NeuronLayer:
-    """A population of units: its layout and every tensor slice that moves with its units."""
+    """A population of units: its layout and every tensor slice that moves with its units.
 
-    name: str
-    layout: Layout
-    ports: list[Port] = field(default_factory=list)
-    # True/False: decided by hand (False: placed and costed, never relocated, e.g. q/k units tied within
-    # heads). None: movable when closed — fed by a weight layer or a permutation port, and read by one.
-    movable: bool | None = None
+    With an ``owner`` module the layout is not kept here: the positions live on the owner as its
+    :data:`~topotorch.layout.POSITIONS` buffer (``(n, dim)``, saved with ``state_dict``), and :attr:`layout` reads
+    them, so loading a state dict restores them and a topography attached to the same units shares them.
+    """
+
+    def __init__(self, name: str, layout: Layout, ports: Sequence[Port] = (), movable: bool | None = None,
+                 owner: nn.Module | None = None):
+        self.name = name
+        self.ports: list[Port] = list(ports)
+        # True/False: decided by hand (False: placed and costed, never relocated, e.g. q/k units tied within
+        # heads). None: movable when closed — fed by a weight layer or a permutation port, and read by one.
+        self.movable = movable
+        self.owner = owner
+        self.fold, self.kind = layout.fold, layout.kind
+        self._layout = layout if owner is None else None
+        self._seen = None  # (buffer id, version) the cached layout was read from
+
+    @property
+    def layout(self) -> Layout:
+        if self.owner is None:
+            return self._layout
+        pos = L.positions_of(self.owner)
+        if pos is None:
+            raise ValueError(f"layer {self.name!r}: its positions buffer ({L.POSITIONS}) was removed from "
+                             f"{type(self.owner).__name__}")
+        key = (id(pos), pos._version)
+        if key != self._seen:
+            c = pos.detach().double().cpu()
+            m = c.shape[0] // self.fold
+            if c.shape[0] % self.fold or not torch.equal(c, c[:m].repeat(self.fold, 1)):
+                raise ValueError(f"layer {self.name!r} has fold {self.fold}, but the {c.shape[0]} positions on "
+                                 f"{type(self.owner).__name__} do not repeat {self.fold} times (they were moved unit by "
+                                 "unit); its units must share slots group by group")
+            self._layout, self._seen = Layout(c[:m], fold=self.fold, kind=self.kind), key
+        return self._layout
 
     @property
     def n(self) -> int:
         return self.layout.n
+
+    def __repr__(self) -> str:
+        return f"NeuronLayer({self.name!r}, n={self.n}, owner={type(self.owner).__name__ if self.owner is not None else None})"
 
 
 @dataclass
@@ -122,16 +153,39 @@ class NeuronGraph:
             self._add_weight(w)
 
     # ---- building ------------------------------------------------------------------------------
-    def add_layer(self, name: str, layout: Layout, ports: Sequence[Port] = (), movable: bool | None = None) -> int:
+    def add_layer(self, name: str, layout: Layout | None, ports: Sequence[Port] = (), movable: bool | None = None,
+                  owner: nn.Module | None = None) -> int:
         """Add a neuron layer; returns its index. ``movable=None`` (default): it may be relocated when
         closed (see :meth:`is_movable`); ``False`` fixes it; ``True`` asks for it (``permute`` still refuses
-        a layer it cannot move exactly)."""
+        a layer it cannot move exactly).
+
+        ``owner``: the module whose output units these are (or, for a model's inputs, the module that reads them);
+        the positions are kept on it as its :data:`~topotorch.layout.POSITIONS` buffer. If it already has positions
+        (a topography attached to it, or a model being rebuilt before ``load_state_dict``), ``layout=None`` shares
+        them; a ``layout`` that differs from them is refused. Relocation moves units between fixed positions,
+        so the buffer is not a port.
+        """
         if any(l.name == name for l in self.layers):
             raise ValueError(f"the graph already has a neuron layer named {name!r}")
+        have = L.positions_of(owner) if owner is not None else None
+        if layout is None:
+            if have is None:
+                raise ValueError(f"layer {name!r}: layout=None shares the owner's positions, but "
+                                 f"{type(owner).__name__ if owner is not None else 'no owner'} has none")
+            c = have.detach().double().cpu()
+            layout = Layout(c, kind="line" if c.shape[1] == 1 else "explicit")
+        elif have is not None and not (have.shape == (layout.n, layout.dim)
+                                       and torch.equal(have.detach().double().cpu(), layout.unit_coords)):
+            raise ValueError(f"layer {name!r}: {type(owner).__name__} already has other positions "
+                             f"{tuple(have.shape)}; pass layout=None to share them, or detach what put them there")
         layer = NeuronLayer(name, layout, [], movable)
         for p in ports:
             self._check_port(layer, p)
         layer.ports = list(ports)
+        if owner is not None:
+            if have is None:
+                L.set_positions(owner, layout, dtype=torch.float64)
+            layer.owner, layer._layout = owner, None
         self.layers.append(layer)
         return len(self.layers) - 1
 
@@ -412,6 +466,12 @@ def embed(model: nn.Sequential, layouts: LayoutSpec | Sequence[LayoutSpec] = "li
     for m in model:
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
             raise ValueError(f"LayerNorm over {tuple(m.normalized_shape)} is not per-unit")
+    owners = [model] + linears  # the input layer's positions live on the model, every other layer's on its Linear
+    for o, lay in zip(owners, lays):
+        have = L.positions_of(o)
+        if have is not None and not torch.equal(have.detach().double().cpu(), lay.unit_coords):
+            raise ValueError(f"{type(o).__name__} already has other unit positions ({L.POSITIONS}); detach what put "
+                             "them there, or embed a fresh model")
 
     # Everything is validated: only now touch the user's model.
     dev = linears[0].weight.device
@@ -419,8 +479,8 @@ def embed(model: nn.Sequential, layouts: LayoutSpec | Sequence[LayoutSpec] = "li
     model.register_buffer(OUT_PERM, torch.arange(sizes[-1], device=dev))
     g = NeuronGraph()
     g.model = model
-    for name, lay in zip(names, lays):
-        g.add_layer(name, lay)
+    for name, lay, o in zip(names, lays, owners):
+        g.add_layer(name, lay, owner=o)
     g.add_port(0, Port(model, IN_PERM, 0, perm=True))
     cur = 0
     for idx, m in enumerate(model):
@@ -434,4 +494,69 @@ def embed(model: nn.Sequential, layouts: LayoutSpec | Sequence[LayoutSpec] = "li
     g.add_port(len(sizes) - 1, Port(model, OUT_PERM, 0, perm=True))
     g._hooks.append(model.register_forward_pre_hook(_in_perm_hook))
     g._hooks.append(model.register_forward_hook(_out_perm_hook))
+    return g
+
+
+class WeightsOnly(nn.Sequential):
+    """The ``nn.Linear`` layers of an embedded MLP rebuilt from its state dict (:func:`from_state_dict`).
+
+    It holds the weights, the permutations and the positions, so it can be drawn, measured and relocated; it
+    does not hold the activations (a state dict has none), so calling it raises instead of computing a different
+    function. To run the network, build its model and ``load_state_dict``."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("a network rebuilt from a state dict has its weights and positions but not its activations; "
+                           "draw, measure or relocate it, and to run it build the model and load the state dict")
+
+
+def _slots(coords: torch.Tensor, kind: str) -> Layout:
+    """The layout of ``(n, dim)`` unit positions: the smallest fold whose slots repeat to give them."""
+    n = coords.shape[0]
+    for fold in range(1, n + 1):
+        if n % fold == 0 and torch.equal(coords, coords[: n // fold].repeat(fold, 1)):
+            if torch.unique(coords[: n // fold], dim=0).shape[0] == n // fold:
+                return Layout(coords[: n // fold], fold=fold, kind=kind)
+    return Layout(coords, kind=kind)
+
+
+def from_state_dict(state: dict) -> NeuronGraph:
+    """The :class:`NeuronGraph` of an MLP embedded with :func:`embed`, from its saved ``state_dict`` alone.
+
+    Every position lives in the state dict (the input layer's on the model, every other layer's on its Linear), so
+    a BIMT run's ``model.safetensors`` is enough to draw (:func:`topotorch.plot.draw_network`), measure
+    (:mod:`topotorch.metrics`) and relocate the network. The graph's ``model`` is a :class:`WeightsOnly` skeleton.
+    A token model's MLP (keys under ``mlp.``) is found by its ``topo_in_perm`` entry. A fold (several input
+    groups on the same slots, BIMT's ``in_fold``) is read from positions that repeat.
+    """
+    prefixes = [k[: -len(IN_PERM)] for k in state if k.endswith(IN_PERM)]
+    if len(prefixes) != 1:
+        raise ValueError(f"the state dict holds {len(prefixes)} embedded networks ({IN_PERM} entries); "
+                         "from_state_dict reads exactly one (a model built with topotorch.embed)")
+    pre = prefixes[0]
+    linear = {}
+    for k, v in state.items():
+        rest = k[len(pre):]
+        if k.startswith(pre) and rest.endswith(".weight") and rest[:-7].isdigit() and v.dim() == 2:
+            linear[int(rest[:-7])] = v
+    if not linear:
+        raise ValueError(f"no Linear weights ('{pre}<index>.weight') in the state dict")
+    order = sorted(linear)
+    mods: list[nn.Module] = []
+    for i in range(order[-1] + 1):
+        if i in linear:
+            out_f, in_f = linear[i].shape
+            mods.append(nn.Linear(in_f, out_f, bias=f"{pre}{i}.bias" in state, dtype=linear[i].dtype))
+        else:
+            mods.append(nn.Identity())
+    missing = [f"{pre}{L.POSITIONS}"] + [f"{pre}{i}.{L.POSITIONS}" for i in order]
+    missing = [k for k in missing if k not in state]
+    if missing:
+        raise ValueError(f"the state dict has no positions for {missing[:3]}: it was saved before neuron graphs kept "
+                         "their layouts on the model; rebuild the model from its config.json instead")
+    coords = [state[f"{pre}{L.POSITIONS}"]] + [state[f"{pre}{i}.{L.POSITIONS}"] for i in order]
+    lays = [_slots(c.double().cpu(), "line" if c.shape[1] == 1 else "explicit") for c in coords]
+    model = WeightsOnly(*mods)
+    g = embed(model, lays, in_fold=lays[0].fold, out_fold=lays[-1].fold)
+    own = {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
+    model.load_state_dict({k: v for k, v in own.items() if k in model.state_dict()}, strict=True)
     return g

@@ -111,8 +111,15 @@ def read_model(model: nn.Module, path) -> dict:
     missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     bad = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
     if missing or extra or bad:
+        from .layout import POSITIONS
+        hint = ""
+        if extra and all(k.endswith(POSITIONS) for k in extra):
+            hint = ("; the unexpected entries are unit positions: give the model its positions first (the recipe's "
+                    "graph, embed, gpt_graph or attach), or drop them with topotorch.layout.split_positions")
+        elif bad and all(k.endswith(POSITIONS) for k in bad):
+            hint = "; the positions differ in dimension: build the graph with layouts of the saved dimension"
         raise CheckpointError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {extra[:5]}, "
-                              f"wrong shape {bad[:5]}")
+                              f"wrong shape {bad[:5]}{hint}")
     return sd
 
 

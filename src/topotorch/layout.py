@@ -229,10 +229,11 @@ def positions_of(module) -> "torch.Tensor | None":
     return module._buffers.get(POSITIONS)
 
 
-def set_positions(module, coords) -> None:
-    """Give ``module``'s output units positions ``(n, dim)`` (a float32 buffer on the module's device), replacing
-    any it had. Buffers are saved with ``state_dict`` and restored by ``load_state_dict``."""
-    c = torch.as_tensor(coords.unit_coords if isinstance(coords, Layout) else coords).float()
+def set_positions(module, coords, dtype: torch.dtype = torch.float32) -> None:
+    """Give ``module``'s output units positions ``(n, dim)`` (a buffer of ``dtype`` on the module's device),
+    replacing any it had. Buffers are saved with ``state_dict`` and restored by ``load_state_dict``. A neuron graph
+    keeps its layouts in float64 (BIMT's wiring cost is computed in float64); a topography in float32."""
+    c = torch.as_tensor(coords.unit_coords if isinstance(coords, Layout) else coords).to(dtype)
     ref = next(iter(module.parameters()), None)
     module.register_buffer(POSITIONS, c.to(ref.device if ref is not None else "cpu"))
 

@@ -27,7 +27,7 @@ from . import layout as L
 from .costs.correlation import MAX_EXACT_UNITS, SpatialCorrelationLoss, check_alpha, correlation_matrix
 from .hooks import output_shapes, record, resolve_modules, unwrap_compiled
 from .costs.smoothness import WeightSmoothness, sheet_shape
-from .layout import POSITIONS, Layout, set_positions
+from .layout import POSITIONS, Layout, positions_of, set_positions
 
 __all__ = ["attach", "detach", "is_attached", "Topography", "retinotopic", "window_radius", "POSITIONS", "WINDOW_UNITS"]
 
@@ -102,7 +102,7 @@ class Topography:
 
     def positions(self, name: str) -> Layout:
         e = self._entry(name)
-        return Layout(getattr(e["module"], POSITIONS).double().cpu(), kind=e["kind"])
+        return Layout(getattr(e["owner"], POSITIONS).detach().double().cpu(), kind=e["kind"])
 
     def _entry(self, name: str) -> dict:
         for e in self.entries:
@@ -149,6 +149,10 @@ class Topography:
         ``radius`` defaults to the sheet's sampled-loss radius on the window path, and on the whole-sheet path
         to 2 (grids) or ``2√n/8`` (retinotopic sheets, in their own units)."""
         from .swaps import SHEET_SWAP_UNITS, swap_optimize, swap_optimize_batched, swap_optimize_windows
+        if any(e["shared"] for e in self.entries):
+            raise ValueError("these sheets share their positions with a neuron graph (attach(..., graph=)): a swap "
+                             "search per sheet would move the graph's layout under its other sheets; optimise "
+                             "positions before building the graph, or attach without graph=")
         model = unwrap_compiled(self.model)
         was = model.training
         model.eval()
@@ -175,7 +179,7 @@ class Topography:
                     new, info[e["name"]] = swap_optimize_batched(r, lay, windows * swaps, rad, kind=k, seed=seed)
                 else:
                     new, info[e["name"]] = swap_optimize(r, lay, windows, swaps, rad, kind=k, seed=seed)
-            getattr(e["module"], POSITIONS).copy_(new.coords.to(getattr(e["module"], POSITIONS)))
+            getattr(e["owner"], POSITIONS).copy_(new.coords.to(getattr(e["owner"], POSITIONS)))
         self.refresh()
         return info
 
@@ -187,7 +191,8 @@ class Topography:
             self.correlation.remove()
         self._hook.remove()
         for e in self.entries:
-            e["module"]._buffers.pop(POSITIONS, None)
+            if not e["shared"]:
+                e["module"]._buffers.pop(POSITIONS, None)
         base = unwrap_compiled(self.model)
         if getattr(base, STATE, None) is self:
             delattr(base, STATE)
@@ -223,7 +228,7 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
            layout: Layout | str | dict | None = None, alpha: float | dict = 1.0, smoothness: float = 0.0,
            factor: float = 2.0, mode: str = "exact", kind: str = "relative", radius: float | dict | None = None,
            neighbourhoods: int | None = None, example_input=None, seed: int = 0,
-           max_exact_units: int = MAX_EXACT_UNITS) -> Topography:
+           max_exact_units: int = MAX_EXACT_UNITS, graph=None) -> Topography:
     """Give the output units of ``modules`` positions and return the :class:`Topography` loss.
 
     Everything is validated (and ``example_input`` run) before the model is touched; on any error the model
@@ -255,6 +260,10 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
         example_input: a small input batch (a tensor or a tuple of arguments), run once in eval mode under
             ``no_grad`` to learn the number of units; needed for ``units="locations"`` and for modules
             without ``out_features``/``out_channels``.
+        graph: a :class:`~topotorch.graph.NeuronGraph` of the same model (BIMT's wiring cost): a module that is a
+            weight layer of the graph takes the positions of the neuron layer it writes to, shared, not copied
+            (e.g. every block's output projections on a GPT's residual stream, :func:`~topotorch.gpt.gpt_graph`):
+            relocation and the spatial loss then see one position per unit, and ``detach`` leaves them in place.
     """
     if units not in ("channels", "locations"):
         raise ValueError(f"units must be 'channels' or 'locations', got {units!r}")
@@ -273,9 +282,24 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
     if not resolved:
         raise ValueError("no modules given")
     given = dict(zip(resolved, modules.values())) if isinstance(modules, dict) else {n: None for n in resolved}
+    owners = {}  # module path → the module that keeps its positions, when shared with a neuron graph's layer
+    if graph is not None:
+        for name, mod in resolved.items():
+            w = next((w for w in graph.weights if w.module is mod), None)
+            if w is None:
+                raise ValueError(f"{name} is not a weight layer of the graph, so it has no graph positions to share; "
+                                 "attach it without graph=, or in a separate call")
+            layer = graph.layers[w.dst]
+            if layer.owner is None:
+                raise ValueError(f"the graph's layer {layer.name!r} keeps its layout outside the model (no owner "
+                                 "module): declare it with add_layer(..., owner=module) to share its positions")
+            if _units_of(mod, units) == "locations":
+                raise ValueError(f"{name}: graph positions are per unit of the weight's first axis; use units='channels'")
+            owners[name] = layer.owner
     for name, mod in resolved.items():
-        if hasattr(mod, POSITIONS):
-            raise ValueError(f"{name} already has unit positions ({POSITIONS}); detach(model) first if attach put them there")
+        if name not in owners and hasattr(mod, POSITIONS):
+            raise ValueError(f"{name} already has unit positions ({POSITIONS}): detach(model) first if attach put "
+                             "them there; if a neuron graph did (embed, gpt_graph), pass graph= to share them")
     alpha = check_alpha(alpha, list(resolved))
     if smoothness < 0:
         raise ValueError(f"smoothness must be non-negative, got {smoothness}")
@@ -302,7 +326,12 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
             if n is None:
                 raise ValueError(f"cannot tell how many units {name} ({type(mod).__name__}) has: pass example_input")
             default = _default_layout(n)
-        if isinstance(lay, Layout):
+        if name in owners:
+            if lay is not None:
+                raise ValueError(f"{name} shares the graph's positions; it cannot take a layout as well")
+            pos = Layout(positions_of(owners[name]).detach().double().cpu(), kind=graph.layers[
+                next(w for w in graph.weights if w.module is mod).dst].layout.kind)
+        elif isinstance(lay, Layout):
             pos = lay
         elif lay is None:
             pos = default
@@ -316,7 +345,8 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
             raise ValueError(f"unknown layout {lay!r}; use a Layout, 'grid' or 'retinotopic'")
         if pos.n != n:
             raise ValueError(f"layout for {name} has {pos.n} units, the module has {n}")
-        entries.append({"name": name, "module": mod, "units": k, "kind": pos.kind, "layout": pos})
+        entries.append({"name": name, "module": mod, "owner": owners.get(name, mod), "shared": name in owners,
+                        "units": k, "kind": pos.kind, "layout": pos})
     weighted = [e["module"] for e in entries if e["units"] != "locations"]
     if smoothness > 0 and weighted:
         WeightSmoothness(weighted, factor)  # validates the blur factor against every sheet
@@ -332,8 +362,10 @@ def attach(model: nn.Module, modules: Sequence[str | nn.Module] | dict, *, units
     added = []
     try:
         for e in entries:
-            set_positions(e["module"], e.pop("layout"))
-            added.append(e["module"])
+            lay = e.pop("layout")
+            if not e["shared"]:
+                set_positions(e["module"], lay)
+                added.append(e["module"])
         topo = Topography(model, entries, alpha, smoothness, factor, mode, kind, radii, neighbourhoods, seed,
                           max_exact_units)
     except BaseException:

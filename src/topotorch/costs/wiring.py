@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..graph import NeuronGraph
+from .. import layout as L
 from ..layout import distance
 
 __all__ = ["WiringCost"]
@@ -57,8 +58,23 @@ class WiringCost(nn.Module):
         self.reduction, self.bias, self.penalize = reduction, bool(bias), penalize
         self.refresh()
 
+    def _positions_key(self) -> tuple:
+        """What the cached distances were computed from: each owned layer's position buffer and its version."""
+        key = []
+        for layer in self.graph.layers:
+            pos = L.positions_of(layer.owner) if layer.owner is not None else None
+            key.append((id(pos), pos._version) if pos is not None else id(layer.layout))
+        return tuple(key)
+
+    def _sync(self) -> None:
+        # Positions kept on modules change under load_state_dict (or a swap search): recompute when they did.
+        if self._positions_key() != self._key:
+            self.refresh()
+
     def refresh(self) -> None:
-        """Recompute the distance factors (after changing layouts)."""
+        """Recompute the distance factors (after changing layouts; positions kept on modules are followed
+        automatically)."""
+        self._key = self._positions_key()
         self._geom64: list[torch.Tensor] = []  # scale·A·d^e, (dst.n, src.n): the position-dependent part
         self._scale: list[float] = []          # the reduction's weight scale (0: not penalised)
         self._bscale: list[float] = []
@@ -86,11 +102,13 @@ class WiringCost(nn.Module):
     def geometry(self, k: int) -> torch.Tensor:
         """Position-dependent factor of weight layer ``k``, ``(dst.n, src.n)``, including the reduction scale,
         on the weight's device and dtype."""
+        self._sync()
         return self._factors(k, self.graph.weights[k].weight)[0]
 
     def value(self, bias: bool | None = None) -> torch.Tensor:
         """The cost as a differentiable scalar (autograd path)."""
         bias = self.bias if bias is None else bias
+        self._sync()
         total = None
         for k, (w, bs) in enumerate(zip(self.graph.weights, self._bscale)):
             f = self._factors(k, w.weight)[1]
@@ -110,6 +128,7 @@ class WiringCost(nn.Module):
         if scale == 0:
             return
         bias = self.bias if bias is None else bias
+        self._sync()
         for k, (w, bs) in enumerate(zip(self.graph.weights, self._bscale)):
             W = w.weight
             if parametrize.is_parametrized(w.module, w.weight_name):

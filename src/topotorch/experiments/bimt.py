@@ -202,7 +202,7 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
     lossf = task_loss(cfg)
     torch.manual_seed(cfg.seed)
     model, graph = build_model(cfg)
-    out = start_run(cfg, out, resume, layouts=[l.layout.to_dict() for l in graph.layers])
+    out = start_run(cfg, out, resume)  # positions live in model.safetensors (topotorch draw reads them)
     l1_on, local_on, swap_on = VARIANTS[cfg.variant]
     penalize = [True] * (len(graph.weights) - 1) + [not cfg.no_penalize_last]
     cost_args = dict(l0=cfg.l0, exponent=cfg.exponent, reduction=cfg.reduction, penalize=penalize, p=cfg.p)

@@ -42,11 +42,11 @@ def incontext_graph(model: RegressionTransformer) -> NeuronGraph:
     """Input tokens (fixed) → residual stream (shared by the blocks) → outputs (fixed), on lines."""
     g = NeuronGraph()
     g.model = model
-    i = g.add_layer("input", L.line(model.l_in.in_features), movable=False)
-    s = g.add_layer("stream", L.line(model.config.n_embd))
+    i = g.add_layer("input", L.line(model.l_in.in_features), movable=False, owner=model)
+    s = g.add_layer("stream", L.line(model.config.n_embd), owner=model.l_in)
     g.connect(model.l_in, i, s, name="l_in")
     add_blocks(g, s, model.blocks)
-    o = g.add_layer("output", L.line(model.l_out.out_features), movable=False)
+    o = g.add_layer("output", L.line(model.l_out.out_features), movable=False, owner=model.l_out)
     g.connect(model.l_out, s, o, name="l_out")
     return g
 

@@ -104,7 +104,6 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
                    desc=f"tdann-cnn[{arm}]",
                    evaluate=lambda step, model=model: {"test_accuracy": accuracy(model, data.x_test, data.y_test)})
         seconds += info["seconds"]
-        topo.refresh()  # positions may have been restored from a checkpoint
         save_model(model, out / f"{arm}.safetensors")
         layers = {}
         for name in SHEETS:

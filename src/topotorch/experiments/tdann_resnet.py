@@ -144,7 +144,6 @@ def run_tdann_resnet(cfg: TDANNResNetConfig, out, resume: bool = False, progress
                    log_every=max(1, steps // 10), checkpoint_every=cfg.checkpoint_interval, progress=progress,
                    desc=f"tdann[{arm}]", evaluate=lambda step, model=model: {"test_accuracy": accuracy(model, xte, yte)})
         seconds += info["seconds"]
-        topo.refresh()  # positions may have been restored from a checkpoint
         save_model(model, out / f"{arm}.safetensors")
         sub = Subject(arm, model, [Sheet(n, model.get_submodule(n), topo.positions(n), "locations") for n in SHEETS],
                       input_shape=(1, cfg.size, cfg.size))

@@ -213,7 +213,6 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
               grad_clip=cfg.grad_clip, lr_at=lambda step: lr_at(step, cfg),
               autocast=torch.bfloat16 if cfg.dtype == "bfloat16" else None, ddp_model=net if ddp else None,
               progress=progress, desc=f"topolm[α={alpha:g}]", tensorboard=cfg.tensorboard)
-    topo.refresh()  # positions may have come from a checkpoint
     summary = {"val_loss": evaluate(model, tokens, cfg, device) if rank == 0 else float("nan"),
                "seconds": res["seconds"], "steps": cfg.steps, "world_size": world, "preopt": info}
     if ddp:

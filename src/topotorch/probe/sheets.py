@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..hooks import output_shapes, resolve_modules
+from ..graph import IN_PERM
 from ..layout import POSITIONS, Layout, positions_of, split_positions
 from .stats import is_grid
 
@@ -70,7 +71,7 @@ def find_sheets(model: nn.Module, sheets=None, layout: str | Layout = "grid", un
         found = {}
         for name, mod in model.named_modules():
             pos = positions_of(mod)
-            if pos is not None:
+            if pos is not None and IN_PERM not in mod._buffers:  # embed() keeps the *input* layer's positions there
                 found[name] = Layout(pos.detach().double().cpu(), kind=_kind(pos, "features"))
         if found and example_input is not None:  # a forward pass tells a block's map units apart
             return find_sheets(model, found, layout, units, example_input, seed)
