@@ -27,7 +27,7 @@ from ..probe.sheets import Sheet
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
 from ..registry import Claim, claims
-from .common import arm_steps, check_length, start_run
+from .common import arm_steps, check_length, run_arms, start_run
 
 __all__ = ["AllTNNConfig", "TNN", "run_alltnn"]
 
@@ -100,9 +100,8 @@ def run_alltnn(cfg: AllTNNConfig, out, resume: bool = False, progress: bool = Tr
     batches = Batches(len(xtr), cfg.batch_size, cfg.seed)
     steps = arm_steps(cfg, batches.per_epoch)
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "data": cfg.data, "alpha": cfg.alpha}
-    res, seconds = {}, 0.0
-    for arm in cfg.arms:
-        torch.manual_seed(cfg.seed)
+
+    def one(arm):
         model = TNN(xtr.shape[1], cfg.size, cfg.channels, cfg.kernels, len(names), local=arm != "cnn")
         smooth = (CosineSmoothness([getattr(model, n) for n in model.names], neighbours=cfg.neighbours)
                   if arm == "alltnn" and cfg.alpha > 0 else None)
@@ -116,7 +115,6 @@ def run_alltnn(cfg: AllTNNConfig, out, resume: bool = False, progress: bool = Tr
         info = fit(model, opt, loss_fn, steps, out=out / arm, resume=resume, log_every=batches.per_epoch,
                    checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"all-tnn[{arm}]",
                    evaluate=lambda step, model=model: {"test_accuracy": accuracy(model, xte, yte)})
-        seconds += info["seconds"]
         save_model(model, out / f"{arm}.safetensors")
         sheets = model.sheets()
         probe = vision_report(Subject(arm, model, sheets, input_shape=(xtr.shape[1], cfg.size, cfg.size)),
@@ -126,19 +124,22 @@ def run_alltnn(cfg: AllTNNConfig, out, resume: bool = False, progress: bool = Tr
         first, last = sheets[0].name, sheets[-1].name
         cats = probe["categories"]["by_category"]
         g = probe["gratings"]["sheets"][first]
-        res[arm] = {"probe": probe, "layouts": {s.name: s.layout for s in sheets}}
-        metrics.update({
-            f"accuracy_{arm}": accuracy(model, xte, yte),
-            f"orientation_smoothness_{arm}": g["orientation_smoothness"],
-            f"orientation_local_{arm}": g["orientation_local"],
-            f"pinwheel_density_{arm}": g["pinwheel_density"], f"osi_{arm}": g["osi"],
-            f"category_morans_i_{arm}": float(np.mean([c["sheets"][last]["morans_i"] for c in cats.values()])),
-            f"category_morans_i_null_{arm}": float(np.mean([c["sheets"][last]["morans_i_null"] for c in cats.values()])),
-            f"category_patches_{arm}": float(np.mean([c["sheets"][last]["patches"] for c in cats.values()])),
-            f"kernel_smoothness_{arm}": {s.name: _kernel_smoothness(model, s.name, s) for s in sheets},
-            f"params_{arm}": sum(p.numel() for p in model.parameters()),
-            f"wiring_ratio_{arm}": float(np.mean([w["ratio"] for w in probe["wiring"].values()])),
-        })
+        summary = {
+            "accuracy": accuracy(model, xte, yte),
+            "orientation_smoothness": g["orientation_smoothness"],
+            "orientation_local": g["orientation_local"],
+            "pinwheel_density": g["pinwheel_density"], "osi": g["osi"],
+            "category_morans_i": float(np.mean([c["sheets"][last]["morans_i"] for c in cats.values()])),
+            "category_morans_i_null": float(np.mean([c["sheets"][last]["morans_i_null"] for c in cats.values()])),
+            "category_patches": float(np.mean([c["sheets"][last]["patches"] for c in cats.values()])),
+            "kernel_smoothness": {s.name: _kernel_smoothness(model, s.name, s) for s in sheets},
+            "params": sum(p.numel() for p in model.parameters()),
+            "wiring_ratio": float(np.mean([w["ratio"] for w in probe["wiring"].values()])),
+        }
+        return {"probe": probe, "layouts": {s.name: s.layout for s in sheets}}, summary, info["seconds"]
+
+    res, flat, seconds = run_arms(cfg.arms, cfg.seed, one)
+    metrics.update(flat)
     metrics["seconds"] = round(seconds, 2)
     _plot(res, out, cfg)
     write_json(out / "probe.json", {arm: r["probe"] for arm, r in res.items()}, indent=None)

@@ -31,3 +31,23 @@ def check_length(cfg) -> None:
         raise ValueError(f"steps must be ≥ 1, got {cfg.steps}")
     if getattr(cfg, "epochs", 1) < 1:
         raise ValueError(f"epochs must be ≥ 1, got {cfg.epochs}")
+
+
+def run_arms(arms, seed: int, one) -> tuple[dict, dict, float]:
+    """The comparison every two-arm recipe runs: each arm in turn from ``torch.manual_seed(seed)`` (so every arm
+    starts from the same initial weights), ``one(arm) -> (result, summary, seconds)``.
+
+    Returns ``({arm: result}, {f"{key}_{arm}": value for every summary entry}, total seconds)``: the flat names
+    (``accuracy_topo``, ``accuracy_control``) are what the recipes' claims read."""
+    res, flat, seconds = {}, {}, 0.0
+    for arm in arms:
+        torch.manual_seed(seed)
+        res[arm], summary, secs = one(arm)
+        flat.update(flatten_arms({arm: summary}))
+        seconds += secs
+    return res, flat, seconds
+
+
+def flatten_arms(per_arm: dict, keys=None) -> dict:
+    """``{f"{key}_{arm}": value}`` for each arm's ``keys`` (default: all of them), arm by arm."""
+    return {f"{k}_{a}": r[k] for a, r in per_arm.items() for k in (r if keys is None else keys)}

@@ -35,7 +35,7 @@ from ..plot import plot_arm_curves
 from ..train import Relocation, WiringPenalty, fit, piecewise
 from . import kind
 from ..registry import Claim, claims, data_claims
-from .common import start_run
+from .common import flatten_arms, start_run
 from .topolm import evaluate, load_tokens, lr_at
 
 __all__ = ["GPTBIMTConfig", "run_gpt_bimt", "ARMS"]
@@ -255,10 +255,8 @@ def run_gpt_bimt(cfg: GPTBIMTConfig, out, resume: bool = False, progress: bool =
     plot_arm_curves({a: out / a / "log.csv" for a in cfg.arms}, "val_loss", out / "curves.png",
                     "validation loss (nats/token)")
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "data": cfg.data, "arms": arms}
-    for a, r in arms.items():          # flat keys for reports and sweeps
-        for k in ("val_loss", "kept_fraction", "kept_at_budget", "modularity_q", "wiring_length",
-                  "mlp_unit_spread", "head_spread", "val_loss_pruned"):
-            metrics[f"{k}_{a}"] = r[k]
+    metrics.update(flatten_arms(arms, ("val_loss", "kept_fraction", "kept_at_budget", "modularity_q", "wiring_length",
+                                       "mlp_unit_spread", "head_spread", "val_loss_pruned")))
     if "bimt" in arms and "control" in arms:
         b, c = arms["bimt"], arms["control"]
         metrics["verdict"] = (

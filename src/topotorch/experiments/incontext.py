@@ -32,7 +32,7 @@ from ..plot import plot_arm_curves
 from ..train import Relocation, WiringPenalty, fit, piecewise
 from . import kind
 from ..registry import Claim, claims
-from .common import start_run
+from .common import flatten_arms, start_run
 from .gptbimt import draw_block
 
 __all__ = ["InContextConfig", "RegressionTransformer", "incontext_graph", "run_in_context"]
@@ -185,10 +185,8 @@ def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bo
                     "test MSE of the in-context y", hline=(baseline, "no context (predict 0)"), logy=True)
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": cfg.steps, "baseline_mse_no_context": baseline,
                "arms": arms}
-    for a, r in arms.items():
-        for k in ("test_mse_last", "test_mse_last_pruned", "params_kept", "stream_units_alive", "modularity_q",
-                  "wiring_length"):
-            metrics[f"{k}_{a}"] = r[k]
+    metrics.update(flatten_arms(arms, ("test_mse_last", "test_mse_last_pruned", "params_kept", "stream_units_alive",
+                                       "modularity_q", "wiring_length")))
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -20,7 +20,7 @@ from ..plot import read_log
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
 from ..registry import Claim, claims, data_claims
-from .common import arm_steps, check_length, start_run
+from .common import arm_steps, check_length, run_arms, start_run
 
 
 @dataclass
@@ -76,9 +76,8 @@ def run_locality(cfg: LocalityConfig, out, resume: bool = False, progress: bool 
     size = data.x_train.shape[-1]
     batches = Batches(len(data.x_train), cfg.batch_size, cfg.seed)
     steps = arm_steps(cfg, batches.per_epoch)
-    arms, hist, maps, seconds = {}, {}, {}, 0.0
-    for arm in ("local", "control"):
-        torch.manual_seed(cfg.seed)  # identical initial weights in both arms
+
+    def one(arm):
         model = LeNet(size, data.x_train.shape[1], tuple(cfg.channels), cfg.side, len(data.output_names),
                       cfg.decay, cfg.radius, cfg.normalize, prior=arm == "local", strength=cfg.strength)
         opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
@@ -90,11 +89,14 @@ def run_locality(cfg: LocalityConfig, out, resume: bool = False, progress: bool 
         info = fit(model, opt, loss_fn, steps, out=out / arm, resume=resume, log_every=batches.per_epoch,
                    checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"locality-prior[{arm}]",
                    evaluate=lambda step, model=model: {"test_accuracy": accuracy(model, data.x_test, data.y_test)})
-        seconds += info["seconds"]
-        hist[arm] = read_log(out / arm / "log.csv")
-        arms[arm] = model
-        maps[arm] = lp_maps(model, data.x_test)
+        result = {"model": model, "hist": read_log(out / arm / "log.csv"), "maps": lp_maps(model, data.x_test)}
         save_model(model, out / f"{arm}.safetensors")
+        return result, {}, info["seconds"]
+
+    res, _, seconds = run_arms(("local", "control"), cfg.seed, one)  # identical initial weights in both arms
+    arms = {a: r["model"] for a, r in res.items()}
+    hist = {a: r["hist"] for a, r in res.items()}
+    maps = {a: r["maps"] for a, r in res.items()}
     coords = arms["local"].sheet.unit_coords
     v = {arm: spatial_variance(maps[arm], coords) for arm in arms}
     ok = torch.isfinite(v["local"]) & torch.isfinite(v["control"])

@@ -9,7 +9,6 @@ from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from ..layout import split_positions
@@ -27,7 +26,7 @@ from ..topography import attach
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
 from ..registry import Claim, claims, data_claims, front
-from .common import arm_steps, check_length, start_run
+from .common import arm_steps, check_length, run_arms, start_run
 
 
 @dataclass
@@ -74,6 +73,24 @@ SWEEP_FIGURES = ("test accuracy (topographic arm)", lambda m: m["accuracy_topo"]
                    "smoothness index (TDANN)", lambda m: m["smoothness_topo"])
 
 
+def _summary(r: dict) -> dict:
+    """One arm's figures (metrics.json names them with the arm as suffix)."""
+    g, cats = r["probe"]["gratings"], r["probe"]["categories"]["by_category"]
+    return {
+        "accuracy": r["accuracy"],
+        "smoothness": float(np.mean([l["smoothness"] for l in r["layers"].values()])),
+        "smoothness_per_layer": {k: l["smoothness"] for k, l in r["layers"].items()},
+        "corr_vs_distance": {k: l["corr_vs_distance"] for k, l in r["layers"].items()},
+        "preopt": r["preopt"],
+        "orientation_smoothness": g["orientation_smoothness"], "orientation_local": g["orientation_local"],
+        "osi": g["osi"], "pinwheel_density": g["pinwheel_density"],
+        "category_morans_i": float(np.mean([c["morans_i"] for c in cats.values()])),
+        "category_morans_i_null": float(np.mean([c["morans_i_null"] for c in cats.values()])),
+        "category_p_value": {k: c["p_value"] for k, c in cats.items()},
+        "category_patches": float(np.mean([c["patches"] for c in cats.values()])),
+        "wiring_ratio": r["probe"]["wiring"]["conv1->conv2"]["ratio"]}
+
+
 @kind("tdann-cnn", TDANNConfig, figures=SWEEP_FIGURES)
 def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """Both arms from the same initial weights, positions and minibatches; each arm's run in ``out/ARM``."""
@@ -82,9 +99,8 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
     size = data.x_train.shape[-1]
     batches = Batches(len(data.x_train), cfg.batch_size, cfg.seed)
     steps = arm_steps(cfg, batches.per_epoch)
-    res, seconds = {}, 0.0
-    for arm in ("topo", "control"):
-        torch.manual_seed(cfg.seed)
+
+    def one(arm):
         model = TopoCNN(data.x_train.shape[1], size, tuple(cfg.channels), len(data.output_names), cfg.stride)
         topo = attach(model, list(SHEETS), units="locations", example_input=data.x_train[:2],
                       alpha=cfg.alpha if arm == "topo" else 0.0, mode=cfg.mode, seed=cfg.seed)
@@ -103,7 +119,6 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
                    log_every=batches.per_epoch, checkpoint_every=cfg.checkpoint_interval, progress=progress,
                    desc=f"tdann-cnn[{arm}]",
                    evaluate=lambda step, model=model: {"test_accuracy": accuracy(model, data.x_test, data.y_test)})
-        seconds += info["seconds"]
         save_model(model, out / f"{arm}.safetensors")
         layers = {}
         for name in SHEETS:
@@ -120,27 +135,15 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
                                             per_category=None, wiring=[("conv1", "conv2")],
                                             permutations=cfg.permutations, seed=cfg.seed))
         hist = read_log(out / arm / "log.csv")
-        res[arm] = {"accuracy": accuracy(model, data.x_test, data.y_test), "layers": layers, "probe": probe,
-                    "history": {k: v.tolist() for k, v in hist.items()},
-                    "preopt": {k: {kk: v[kk] for kk in ("loss_before", "loss_after", "accepted")} for k, v in pre.items()}}
+        result = {"accuracy": accuracy(model, data.x_test, data.y_test), "layers": layers, "probe": probe,
+                  "history": {k: v.tolist() for k, v in hist.items()},
+                  "preopt": {k: {kk: v[kk] for kk in ("loss_before", "loss_after", "accepted")} for k, v in pre.items()}}
         topo.remove()
-    metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "seconds": round(seconds, 2), "data": cfg.data}
-    for arm in res:
-        metrics[f"accuracy_{arm}"] = res[arm]["accuracy"]
-        metrics[f"smoothness_{arm}"] = float(np.mean([l["smoothness"] for l in res[arm]["layers"].values()]))
-        metrics[f"smoothness_per_layer_{arm}"] = {k: l["smoothness"] for k, l in res[arm]["layers"].items()}
-        metrics[f"corr_vs_distance_{arm}"] = {k: l["corr_vs_distance"] for k, l in res[arm]["layers"].items()}
-        metrics[f"preopt_{arm}"] = res[arm]["preopt"]
-        g, cats = res[arm]["probe"]["gratings"], res[arm]["probe"]["categories"]["by_category"]
-        metrics[f"orientation_smoothness_{arm}"] = g["orientation_smoothness"]
-        metrics[f"orientation_local_{arm}"] = g["orientation_local"]
-        metrics[f"osi_{arm}"] = g["osi"]
-        metrics[f"pinwheel_density_{arm}"] = g["pinwheel_density"]
-        metrics[f"category_morans_i_{arm}"] = float(np.mean([c["morans_i"] for c in cats.values()]))
-        metrics[f"category_morans_i_null_{arm}"] = float(np.mean([c["morans_i_null"] for c in cats.values()]))
-        metrics[f"category_p_value_{arm}"] = {k: c["p_value"] for k, c in cats.items()}
-        metrics[f"category_patches_{arm}"] = float(np.mean([c["patches"] for c in cats.values()]))
-        metrics[f"wiring_ratio_{arm}"] = res[arm]["probe"]["wiring"]["conv1->conv2"]["ratio"]
+        return result, _summary(result), info["seconds"]
+
+    res, flat, seconds = run_arms(("topo", "control"), cfg.seed, one)
+    metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "seconds": round(seconds, 2), "data": cfg.data,
+               **flat}
     _plot(res, out)
     _plot_probe(res, out)
     write_json(out / "probe.json", {arm: r["probe"] for arm, r in res.items()}, indent=None)

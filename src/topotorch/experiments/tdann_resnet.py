@@ -39,7 +39,7 @@ from ..registry import Claim, claims
 from ..topography import attach
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
-from .common import arm_steps, check_length, start_run
+from .common import arm_steps, check_length, run_arms, start_run
 
 __all__ = ["TDANNResNetConfig", "run_tdann_resnet", "SHEETS"]
 
@@ -111,6 +111,30 @@ SWEEP_FIGURES = ("test accuracy (topographic arm)", lambda m: m["accuracy_topo"]
                  "face-map Moran's I, late sheets (topographic arm)", lambda m: m["face_morans_i_topo"])
 
 
+def _summary(r: dict) -> dict:
+    """One arm's figures (metrics.json names them with the arm as suffix): early sheets' orientation maps, late
+    sheets' face maps."""
+    gs, cats = r["probe"]["gratings"]["sheets"], r["probe"]["categories"]["by_category"]
+    face = cats["face"]["sheets"]
+    return {
+        "accuracy": r["accuracy"],
+        "orientation_smoothness": float(np.mean([gs[n]["orientation_smoothness"] for n in EARLY])),
+        "orientation_local": float(np.mean([gs[n]["orientation_local"] for n in EARLY])),
+        "pinwheel_density": float(np.nanmean([gs[n]["pinwheel_density"] for n in EARLY])),
+        "osi": float(np.nanmean([gs[n]["osi"] for n in EARLY])),
+        "face_morans_i": float(np.mean([face[n]["morans_i"] for n in LATE])),
+        "face_morans_i_null": float(np.mean([face[n]["morans_i_null"] for n in LATE])),
+        "face_p_value": {n: face[n]["p_value"] for n in LATE},
+        "face_patches": float(np.mean([face[n]["patches"] for n in LATE])),
+        "category_morans_i": float(np.mean([c["sheets"][n]["morans_i"] for c in cats.values() for n in LATE])),
+        "per_sheet": {n: {"orientation_smoothness": gs[n]["orientation_smoothness"],
+                          "orientation_local": gs[n]["orientation_local"],
+                          "pinwheel_density": gs[n]["pinwheel_density"], "pinwheels": gs[n]["pinwheels"],
+                          "face_morans_i": face[n]["morans_i"], "face_p_value": face[n]["p_value"],
+                          "face_patches": face[n]["patches"]} for n in SHEETS},
+        "preopt": r["preopt"]}
+
+
 @kind("tdann", TDANNResNetConfig, figures=SWEEP_FIGURES)
 def run_tdann_resnet(cfg: TDANNResNetConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """Both arms from the same initial weights, positions and minibatches; each arm's run in ``out/ARM``."""
@@ -122,9 +146,8 @@ def run_tdann_resnet(cfg: TDANNResNetConfig, out, resume: bool = False, progress
     # cosine decay to 0: with batch norm on 320 images a constant rate leaves the eval-mode accuracy swinging
     # by tens of points from one step to the next
     cosine = lambda step: cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-    res, seconds = {}, 0.0
-    for arm in ("topo", "control"):
-        torch.manual_seed(cfg.seed)
+
+    def one(arm):
         model = ResNet18(classes=len(names), width=cfg.width, in_channels=1)
         topo = attach(model, list(SHEETS), units="locations", example_input=xtr[:2],
                       alpha=cfg.alpha if arm == "topo" else 0.0, mode=cfg.mode, seed=cfg.seed)
@@ -143,41 +166,23 @@ def run_tdann_resnet(cfg: TDANNResNetConfig, out, resume: bool = False, progress
         info = fit(model, opt, loss_fn, steps, out=out / arm, resume=resume, generators=gens, lr_at=cosine,
                    log_every=max(1, steps // 10), checkpoint_every=cfg.checkpoint_interval, progress=progress,
                    desc=f"tdann[{arm}]", evaluate=lambda step, model=model: {"test_accuracy": accuracy(model, xte, yte)})
-        seconds += info["seconds"]
         save_model(model, out / f"{arm}.safetensors")
         sub = Subject(arm, model, [Sheet(n, model.get_submodule(n), topo.positions(n), "locations") for n in SHEETS],
                       input_shape=(1, cfg.size, cfg.size))
         probe = vision_report(sub, Protocol(gratings=True, categories=(xall, yall.numpy(), names), per_category=None,
                                             permutations=cfg.permutations, seed=cfg.seed))
         hist = read_log(out / arm / "log.csv")
-        res[arm] = {"accuracy": accuracy(model, xte, yte), "probe": probe,
-                    "coords": {n: topo.positions(n).unit_coords.tolist() for n in SHEETS},
-                    "history": {k: v.tolist() for k, v in hist.items()},
-                    "preopt": {k: {kk: v[kk] for kk in ("loss_before", "loss_after", "accepted")} for k, v in pre.items()},
-                    "last_loss": topo.last}
+        result = {"accuracy": accuracy(model, xte, yte), "probe": probe,
+                  "coords": {n: topo.positions(n).unit_coords.tolist() for n in SHEETS},
+                  "history": {k: v.tolist() for k, v in hist.items()},
+                  "preopt": {k: {kk: v[kk] for kk in ("loss_before", "loss_after", "accepted")} for k, v in pre.items()},
+                  "last_loss": topo.last}
         topo.remove()
+        return result, _summary(result), info["seconds"]
+
+    res, flat, seconds = run_arms(("topo", "control"), cfg.seed, one)
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "seconds": round(seconds, 2),
-               "sheet_units": {n: len(res["topo"]["coords"][n]) for n in SHEETS}}
-    for arm, r in res.items():
-        gs, cats = r["probe"]["gratings"]["sheets"], r["probe"]["categories"]["by_category"]
-        face = cats["face"]["sheets"]
-        metrics[f"accuracy_{arm}"] = r["accuracy"]
-        metrics[f"orientation_smoothness_{arm}"] = float(np.mean([gs[n]["orientation_smoothness"] for n in EARLY]))
-        metrics[f"orientation_local_{arm}"] = float(np.mean([gs[n]["orientation_local"] for n in EARLY]))
-        metrics[f"pinwheel_density_{arm}"] = float(np.nanmean([gs[n]["pinwheel_density"] for n in EARLY]))
-        metrics[f"osi_{arm}"] = float(np.nanmean([gs[n]["osi"] for n in EARLY]))
-        metrics[f"face_morans_i_{arm}"] = float(np.mean([face[n]["morans_i"] for n in LATE]))
-        metrics[f"face_morans_i_null_{arm}"] = float(np.mean([face[n]["morans_i_null"] for n in LATE]))
-        metrics[f"face_p_value_{arm}"] = {n: face[n]["p_value"] for n in LATE}
-        metrics[f"face_patches_{arm}"] = float(np.mean([face[n]["patches"] for n in LATE]))
-        metrics[f"category_morans_i_{arm}"] = float(np.mean([c["sheets"][n]["morans_i"] for c in cats.values()
-                                                            for n in LATE]))
-        metrics[f"per_sheet_{arm}"] = {n: {"orientation_smoothness": gs[n]["orientation_smoothness"],
-                                           "orientation_local": gs[n]["orientation_local"],
-                                           "pinwheel_density": gs[n]["pinwheel_density"], "pinwheels": gs[n]["pinwheels"],
-                                           "face_morans_i": face[n]["morans_i"], "face_p_value": face[n]["p_value"],
-                                           "face_patches": face[n]["patches"]} for n in SHEETS}
-        metrics[f"preopt_{arm}"] = r["preopt"]
+               "sheet_units": {n: len(res["topo"]["coords"][n]) for n in SHEETS}, **flat}
     _plot(res, out)
     write_json(out / "probe.json", {arm: r["probe"] for arm, r in res.items()}, indent=None)
     write_json(out / "metrics.json", metrics)

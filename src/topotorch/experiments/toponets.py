@@ -14,7 +14,6 @@ from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -28,7 +27,7 @@ from ..io import save_model, write_json
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
 from ..registry import Claim, claims
-from .common import arm_steps, check_length, start_run
+from .common import arm_steps, check_length, run_arms, start_run
 
 __all__ = ["TopoNetsConfig", "run_toponets"]
 
@@ -82,9 +81,9 @@ def run_toponets(cfg: TopoNetsConfig, out, resume: bool = False, progress: bool 
     classes = len(data.output_names)
     metrics = {"recipe": cfg.recipe, "seed": cfg.seed, "steps": steps, "data": cfg.data, "tau": cfg.tau,
                "sheet": [h, w]}
-    res = {}
-    for arm, tau in (("topo", cfg.tau), ("control", 0.0)):
-        torch.manual_seed(cfg.seed)
+
+    def one(arm):
+        tau = cfg.tau if arm == "topo" else 0.0
         model = nn.Sequential(nn.Linear(data.x_train.shape[1], cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, classes))
         topo = WeightSmoothness([model[0]], cfg.factor)
         opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr)
@@ -101,17 +100,19 @@ def run_toponets(cfg: TopoNetsConfig, out, resume: bool = False, progress: bool 
         r = _hidden(model, data.x_test).numpy()
         tuning = np.stack([r[data.y_test.numpy() == c].mean(0) for c in range(classes)], 1)   # (units, classes)
         live = [c for c in range(classes) if tuning[:, c].std() > 0]
-        res[arm] = {
+        summary = {
             "accuracy": accuracy(model, data.x_test, data.y_test),
             "weight_smoothness": float(1 - weight_smoothness(model[0].weight.detach(), cfg.factor)),
             "smoothness": M.smoothness_index(tuning, sheet),
             "morans_i": float(np.mean([M.morans_i(tuning[:, c], sheet) for c in live])),
             "morans_i_null": float(np.mean([M.morans_i_null(tuning[:, c], sheet, shuffles=20, seed=cfg.seed)
                                             for c in live])),
-            "corr_vs_distance": M.correlation_vs_distance(r, sheet),
-            "preferred": tuning.argmax(1).tolist(), "seconds": round(info["seconds"], 2)}
-        for k in ("accuracy", "weight_smoothness", "smoothness", "morans_i", "morans_i_null", "corr_vs_distance"):
-            metrics[f"{k}_{arm}"] = res[arm][k]
+            "corr_vs_distance": M.correlation_vs_distance(r, sheet)}
+        return ({**summary, "preferred": tuning.argmax(1).tolist(), "seconds": round(info["seconds"], 2)}, summary,
+                info["seconds"])
+
+    res, flat, _ = run_arms(("topo", "control"), cfg.seed, one)
+    metrics.update(flat)
     _plot(res, sheet, (h, w), cfg, out)
     write_json(out / "metrics.json", metrics)
     return metrics
