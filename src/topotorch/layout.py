@@ -225,8 +225,10 @@ def within(a, b, radius: float):
 
 
 def positions_of(module) -> "torch.Tensor | None":
-    """The ``(n, dim)`` positions ``module`` keeps for its output units (its :data:`POSITIONS` buffer), or None."""
-    return module._buffers.get(POSITIONS)
+    """The ``(n, dim)`` positions ``module`` keeps for its output units (its :data:`POSITIONS` buffer, or parameter
+    when they are learned), or None."""
+    got = module._buffers.get(POSITIONS)
+    return got if got is not None else module._parameters.get(POSITIONS)
 
 
 def set_positions(module, coords, dtype: torch.dtype = torch.float32) -> None:

@@ -106,20 +106,32 @@ class LeNet(nn.Module):
 
 
 class SpatialNet(nn.Module):
-    """An MLP whose every neuron has a learnable position (``positions[i]``: ``(n_i, dim)``).
+    """An MLP whose every neuron has a learnable position (``positions[i]``: ``(n_i, dim)``, drawn from N(0, 1)).
 
-    The output layer holds ``tasks × classes`` logits, one head (slice) per task.
+    The positions are the neuron graph's own: each layer's :data:`~topotorch.layout.POSITIONS` entry, a parameter
+    here (on ``net`` for the inputs, on each Linear for its outputs), so the graph, the costs and the probe read
+    the learned places. The output layer holds ``tasks × classes`` logits, one head (slice) per task.
     """
 
     def __init__(self, shape: list[int], activation: str = "sigmoid", dim: int = 2, tasks: int = 2):
         super().__init__()
-        self.net = MLP(shape, activation)
         from ..graph import embed
+        from ..layout import POSITIONS
+        self.net = MLP(shape, activation)
         self.graph = embed(self.net)
-        self.positions = nn.ParameterList([nn.Parameter(torch.randn(n, dim)) for n in shape])
+        for layer, n in zip(self.graph.layers, shape):  # learnable: the fixed line becomes a parameter
+            layer.owner._buffers.pop(POSITIONS)
+            layer.owner.register_parameter(POSITIONS, nn.Parameter(torch.randn(n, dim)))
+            layer.kind = "explicit"
         self.tasks, self.classes = tasks, shape[-1] // tasks
         if self.classes * tasks != shape[-1]:
             raise ValueError(f"output size {shape[-1]} is not tasks × classes for {tasks} tasks")
+
+    @property
+    def positions(self) -> list[nn.Parameter]:
+        """Per neuron layer (inputs first) its ``(n, dim)`` learnable positions."""
+        from ..layout import positions_of
+        return [positions_of(layer.owner) for layer in self.graph.layers]
 
     def forward(self, x):
         return self.net(x)
