@@ -31,18 +31,19 @@ def test_sweep_writes_the_front_and_an_interrupted_sweep_continues(tmp_path, mon
     assert (tmp_path / "a" / "sweep.csv").read_text().count("\n") == 5 and (tmp_path / "a" / "sweep.png").stat().st_size > 0
 
     # interrupted after two cells, then the same command again: finished cells are read, the rest run
-    real, calls = S.run_recipe, []
+    import topotorch.recipes as R  # every run, here or in a worker, goes through recipes.run_recipe
+    real, calls = R.run_recipe, []
 
     def dying(*a_, **k):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(a_[1])
         return real(*a_, **k)
-    monkeypatch.setattr(S, "run_recipe", dying)
+    monkeypatch.setattr(R, "run_recipe", dying)
     b_args = [x if x != str(tmp_path / "a") else str(tmp_path / "b") for x in args]
     with pytest.raises(KeyboardInterrupt):
         main(b_args)
-    monkeypatch.setattr(S, "run_recipe", real)
+    monkeypatch.setattr(R, "run_recipe", real)
     capsys.readouterr()
     assert main(b_args) == 0
     assert capsys.readouterr().out.count("done before") == 2
@@ -66,14 +67,59 @@ def test_every_recipe_kind_has_sweep_figures():
     assert len(registry.KINDS) >= 9 and set(registry.KINDS) <= set(FIGURES)
 
 
-def test_sweep_with_two_jobs_writes_the_same_sweep_json_as_a_serial_sweep(tmp_path):
-    """Cells in two worker processes: every cell the same run (a one-thread recipe), so the same sweep.json."""
+def test_sweep_with_two_jobs_or_the_launcher_writes_the_same_sweep_json_as_a_serial_sweep(tmp_path):
+    """Cells in two worker processes, or as submitit jobs (its local executor: the --launcher slurm path on this
+    machine): every cell the same run (a one-thread recipe), so the same sweep.json."""
     import json
     from topotorch.sweep import sweep
     grid, fixed = {"tau": [0.0, 10.0]}, {"steps": 5}
     serial = sweep("toponets-mlp", grid, fixed, seeds=1, out=tmp_path / "serial", progress=False)
     parallel = sweep("toponets-mlp", grid, fixed, seeds=1, out=tmp_path / "parallel", progress=False, jobs=2)
-    assert serial == parallel
+    jobs = sweep("toponets-mlp", grid, fixed, seeds=1, out=tmp_path / "jobs", progress=False, jobs=2,
+                 launcher="submitit-local", slurm={"timeout_min": 10})
+    assert serial == parallel == jobs
     a = json.loads((tmp_path / "serial" / "sweep.json").read_text())
-    b = json.loads((tmp_path / "parallel" / "sweep.json").read_text())
-    assert a == b and len(a["runs"]) == 2
+    for other in ("parallel", "jobs"):
+        assert json.loads((tmp_path / other / "sweep.json").read_text()) == a
+    assert len(a["runs"]) == 2
+    assert len(list((tmp_path / "jobs" / "jobs").glob("*_result.pkl"))) == 2  # each cell went through submitit
+
+
+def test_launcher_settings_are_checked_before_anything_runs(tmp_path):
+    from topotorch.config import ConfigError
+    from topotorch.launch import Runs, parse_slurm
+    with pytest.raises(ConfigError, match="--jobs"):
+        Runs(0)
+    with pytest.raises(ConfigError, match="unknown launcher"):
+        Runs(2, "ray")
+    with pytest.raises(ConfigError, match="cluster launcher"):
+        Runs(2, "pool", slurm={"slurm_partition": "gpu"})
+    assert parse_slurm(["slurm_partition=gpu", "timeout_min=120"]) == {"slurm_partition": "gpu", "timeout_min": 120}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_slurm(["gpu"])
+    assert main(["sweep", "toponets-mlp", "--set", "tau=0,1", "--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert not any(tmp_path.iterdir())  # refused before a cell ran
+
+
+def _sleep_and_stamp(seconds: float) -> tuple[float, float]:
+    import time
+    t = time.time()
+    time.sleep(seconds)
+    return t, time.time()
+
+
+def test_the_pool_never_runs_more_threads_than_cores(monkeypatch):
+    """Two one-thread runs share two cores; a two-thread run waits until it has the machine to itself."""
+    import os
+    from topotorch.launch import Runs
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    runs = Runs(2)
+    try:
+        runs.add("a", 1, _sleep_and_stamp, 0.6)
+        runs.add("b", 1, _sleep_and_stamp, 0.6)
+        runs.add("c", 2, _sleep_and_stamp, 0.1)
+        a, b, c = (runs.result(k) for k in "abc")
+    finally:
+        runs.close()
+    assert a[0] < b[1] and b[0] < a[1]              # a and b overlapped
+    assert c[0] >= max(a[1], b[1]) - 0.05            # c started after both ended

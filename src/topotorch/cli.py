@@ -169,15 +169,19 @@ def _cmd_probe(args) -> int:
 def _cmd_sweep(args) -> int:
     from .sweep import parse_grid, sweep
     grid, fixed = parse_grid(args.set)
+    from .launch import parse_slurm
     sweep(args.recipe, grid, fixed, seeds=args.seeds, out=args.out or f"sweeps/{args.recipe}",
-          progress=not args.quiet, strength=args.strength, jobs=args.jobs)
+          progress=not args.quiet, strength=args.strength, jobs=args.jobs, launcher=args.launcher,
+          slurm=parse_slurm(args.slurm))
     return 0
 
 
 def _cmd_reproduce(args) -> int:
     from .report import reproduce
+    from .launch import parse_slurm
     rows = reproduce(args.out, quick=args.quick, only=args.only.split(",") if args.only else None,
-                     progress=not args.quiet, seeds=args.seeds, data_dir=args.data, sweeps=args.sweeps)
+                     progress=not args.quiet, seeds=args.seeds, data_dir=args.data, sweeps=args.sweeps,
+                     jobs=args.jobs, launcher=args.launcher, slurm=parse_slurm(args.slurm))
     return 0 if all(r["holds"] for r in rows) else 1
 
 
@@ -194,6 +198,19 @@ def _cmd_draw(args) -> int:
     q, _ = M.modularity(g, 0.0, "louvain", seed=0)
     print(f"{out}: layers {g.shape}, wiring length {M.wiring_length(g, 0.0):.4g}, Newman's Q (Louvain) {q:.3f}")
     return 0
+
+
+def _launch_arguments(p, what: str) -> None:
+    from .launch import LAUNCHERS
+    p.add_argument("--jobs", type=int, default=1, help=f"{what} at once in worker processes (default 1), never more "
+                   "threads than cores; with a cluster launcher: the most jobs running at once")
+    p.add_argument("--launcher", default="pool", choices=LAUNCHERS,
+                   help=f"pool: worker processes here; slurm: each of the {what} a Slurm job through submitit (logs "
+                        "in OUT/jobs; rerun the command to collect or continue); submitit-local: the same path on "
+                        "this machine")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a submitit parameter for --launcher slurm, e.g. slurm_partition=gpu, timeout_min=120, "
+                        "slurm_gres=gpu:1 (repeatable)")
 
 
 def _one_line(e: BaseException) -> str:
@@ -224,6 +241,7 @@ def main(argv=None) -> int:
     rp.add_argument("--data", help="a folder of real data (a .txt corpus, stimuli/, blimp/, mnist-t10k/): adds "
                                    "the claims measured on it, e.g. --data ../shared/data")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
+    _launch_arguments(rp, "runs")
     b = sub.add_parser("blimp", help="BLiMP minimal-pair accuracy of every arm of a language-model run (= probe --blimp)")
     b.add_argument("run", help="run directory of a language model (byte-level or with its tokenizer)")
     b.add_argument("--source", default="nyu-mll/blimp", help="folder of BLiMP .jsonl files, or the hub dataset")
@@ -235,9 +253,8 @@ def main(argv=None) -> int:
     sw.add_argument("--seeds", type=int, default=2, help="seeds per setting (default 2)")
     sw.add_argument("--strength", help="the grid key whose 0 is the control (default: the first swept key)")
     sw.add_argument("--out", help="sweep directory (default sweeps/RECIPE); rerun to continue an interrupted sweep")
-    sw.add_argument("--jobs", type=int, default=1, help="cells run at once in worker processes (default 1); keep "
-                    "jobs × the recipe's threads ≤ the cores")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    _launch_arguments(sw, "cells")
     st = sub.add_parser("stimuli", help="every arm of a language-model run on a stimulus table (= probe --stimuli)")
     st.add_argument("run", help="run directory of a language model")
     st.add_argument("--file", required=True, help="CSV table, or fedorenko / elli (TopoLM's, downloaded and cached)")

@@ -67,9 +67,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     return Recipe(path.stem, d["kind"], d.get("description", ""), d.get("reproduces", ""), dict(d.get("config") or {}))
 
 
-def run_recipe(name: str, out, overrides: dict | None = None, resume: bool = False,
-               progress: bool = True) -> dict:
-    """Run recipe ``name`` into ``out`` with ``overrides`` (keys of the recipe's config) applied."""
+def recipe_config(name: str, overrides: dict | None = None):
+    """The validated config object of recipe ``name`` with ``overrides`` (keys of its config) applied."""
     r = load_recipe(name)
     cfg = dict(r.config)
     cfg.setdefault("recipe", r.name)
@@ -77,5 +76,11 @@ def run_recipe(name: str, out, overrides: dict | None = None, resume: bool = Fal
         if "." in k:
             raise ConfigError(f"nested keys are not used by {r.kind} recipes: {k!r}")
         cfg[k] = v
-    config_cls, runner = kinds()[r.kind]
-    return runner(from_dict(config_cls, cfg), out, resume=resume, progress=progress)
+    return from_dict(kinds()[r.kind][0], cfg)
+
+
+def run_recipe(name: str, out, overrides: dict | None = None, resume: bool = False,
+               progress: bool = True) -> dict:
+    """Run recipe ``name`` into ``out`` with ``overrides`` (keys of the recipe's config) applied."""
+    cfg = recipe_config(name, overrides)
+    return kinds()[load_recipe(name).kind][1](cfg, out, resume=resume, progress=progress)

@@ -14,7 +14,8 @@ import torch
 
 from . import registry
 from .io import atomic_write_text, png_tag
-from .recipes import load_recipe, run_recipe
+from .launch import Runs
+from .recipes import load_recipe, recipe_config, run_recipe
 from .registry import Claim
 
 __all__ = ["Claim", "claims", "data_claims", "reproduce"]
@@ -80,23 +81,26 @@ def _previous_run_seconds(out: Path, quick: bool) -> dict[str, float]:
         return {}
 
 
-def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: list[float]) -> str:
+def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: list[float], jobs: int = 1) -> str:
     """``elapsed m:ss; about m:ss left`` — the runs left times their row's seconds per run (measured this time or
-    in the last report here; rows never timed get the mean run so far)."""
+    in the last report here; rows never timed get the mean run so far), shared among ``jobs`` workers."""
     fmt = lambda x: f"{int(x // 60)}:{int(x % 60):02d}"
     mean = sum(done) / len(done) if done else None
     if mean is None and not all(name in known for name, n in left.items() if n):
         return f"elapsed {fmt(elapsed)}; time left estimated after the first run"
-    rest = sum(n * known.get(name, mean or 0.0) for name, n in left.items())
+    rest = sum(n * known.get(name, mean or 0.0) for name, n in left.items()) / max(1, jobs)
     return f"elapsed {fmt(elapsed)}; about {fmt(rest)} left"
 
 
 def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True,
-              seeds: int | None = None, data_dir=None, sweeps: bool = False) -> list[dict]:
+              seeds: int | None = None, data_dir=None, sweeps: bool = False, jobs: int = 1, launcher: str = "pool",
+              slurm: dict | None = None) -> list[dict]:
     """Run the recipes behind :data:`CLAIMS` over ``seeds`` seeds each (default 3 quick, 5 full) into
     ``out/<recipe>/seed-<S>`` and write the report; returns the rows. Seeds start at the recipe's own
     default seed (``S, S+1, …``). ``data_dir`` adds the claims of :func:`data_claims` (real data); ``sweeps``
-    adds the task-vs-topography :func:`fronts`."""
+    adds the task-vs-topography :func:`fronts`. ``jobs`` > 1 runs that many runs at once in worker processes
+    (never more threads than cores); ``launcher="slurm"`` submits each run as a Slurm job (:mod:`topotorch.launch`).
+    Every run is the same as in a serial reproduction, so the report is too (times aside)."""
     seeds = seeds if seeds is not None else (3 if quick else 5)
     if seeds < 1:
         raise ValueError(f"--seeds must be ≥ 1, got {seeds}")
@@ -112,18 +116,42 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     known = _previous_run_seconds(out, quick)
     done: list[float] = []
     left = {(c.run_as or c.recipe): seeds for c in chosen}
+    runs = Runs(jobs, launcher, out / "jobs", slurm)
+    try:
+        for c in chosen:  # queued at once; with workers they start as cores free up, collected in order below
+            base = int(load_recipe(c.recipe).config.get("seed", 0))
+            for seed in range(base, base + seeds):
+                over = dict(c.quick if quick else c.overrides, seed=seed)
+                d = out / (c.run_as or c.recipe) / f"seed-{seed}"
+                runs.add(d, recipe_config(c.recipe, over).threads, _timed_run, c.recipe, str(d), over,
+                         progress and runs.serial)
+        rows = _collect(chosen, quick, seeds, out, runs, t0, known, done, left)
+    finally:
+        runs.close()
+    front = fronts(out, quick, min(seeds, 3), data_dir, progress) if sweeps else []
+    return _write(out, rows, front, quick, t0, [] if only else [c.run_as or c.recipe for c in every if quick and c.full_only])
+
+
+def _timed_run(recipe: str, d: str, over: dict, progress: bool) -> tuple[dict, float]:
+    """One run (in whatever process executes it): its metrics and its own wall time in seconds."""
+    t = time.time()
+    m = run_recipe(recipe, Path(d), over, progress=progress)
+    return m, time.time() - t
+
+
+def _collect(chosen, quick, seeds, out, runs, t0, known, done, left) -> list[dict]:
+    rows = []
     for k, c in enumerate(chosen, 1):
         name = c.run_as or c.recipe
         base = int(load_recipe(c.recipe).config.get("seed", 0))
         seed_list = [base + i for i in range(seeds)]
-        t = time.time()
-        per_seed, figs = [], {}
+        per_seed, figs, row_seconds = [], {}, 0.0
         for seed in seed_list:
-            print(f"[{k}/{len(chosen)}] {name}, seed {seed} … ({_eta(time.time() - t0, left, known, done)})", flush=True)
-            over = dict(c.quick if quick else c.overrides, seed=seed)
-            t_run = time.time()
-            m = run_recipe(c.recipe, out / name / f"seed-{seed}", over, progress=progress)
-            done.append(time.time() - t_run)
+            print(f"[{k}/{len(chosen)}] {name}, seed {seed} … ({_eta(time.time() - t0, left, known, done, runs.jobs)})",
+                  flush=True)
+            m, secs = runs.result(out / name / f"seed-{seed}")
+            done.append(secs)
+            row_seconds += secs
             known.setdefault(name, done[-1])
             left[name] -= 1
             ok = bool(c.holds(m))
@@ -136,15 +164,17 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
         measured = "; ".join(f"{key} {_fmt(f['mean'])} ± {_fmt(f['sd'])}" for key, f in figures.items())
         rows.append({"system": c.system, "recipe": name, "data": c.data, "published": c.published, "measured": measured,
                      "seeds": seed_list, "held": held, "holds": 2 * held > len(seed_list), "figures": figures,
-                     "per_seed": per_seed, "seconds": round(time.time() - t, 1),
+                     "per_seed": per_seed, "seconds": round(row_seconds, 1),  # its runs' own times
                      "figure": str(Path(name) / f"seed-{seed_list[0]}" / c.figure)})
         print(f"  {name}: held on {held}/{len(seed_list)} seeds → {'holds' if rows[-1]['holds'] else 'DOES NOT HOLD'}",
               flush=True)
-    front = fronts(out, quick, min(seeds, 3), data_dir, progress) if sweeps else []
+    return rows
+
+
+def _write(out: Path, rows: list[dict], front: list, quick: bool, t0: float, not_run: list[str]) -> list[dict]:
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick, "rule": RULE,
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": torch.get_num_threads(), "seconds": round(time.time() - t0, 1),
-            "not_run": [] if only else [c.run_as or c.recipe for c in every if quick and c.full_only]}
+            "cpus": torch.get_num_threads(), "seconds": round(time.time() - t0, 1), "not_run": not_run}
     atomic_write_text(out / "report.json", json.dumps({"meta": meta, "rows": rows, "fronts": front}, indent=1))
     atomic_write_text(out / "report.md", _markdown(rows, meta, front))
     atomic_write_text(out / "report.html", _html(rows, meta, out, front))

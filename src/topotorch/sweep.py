@@ -21,7 +21,8 @@ import numpy as np
 from .config import ConfigError, load_yaml
 from .io import atomic_write_text, read_json, write_json
 from . import registry
-from .recipes import load_recipe, run_recipe
+from .launch import Runs, run_cell
+from .recipes import load_recipe, recipe_config
 
 __all__ = ["FIGURES", "parse_grid", "sweep"]
 
@@ -62,62 +63,16 @@ def _cell_name(params: dict, seed: int) -> str:
     return "_".join(p.replace("/", "-").replace(" ", "") for p in parts) + f"_seed={seed}"
 
 
-def _run_cell(recipe: str, d: str, over: dict, resume: bool) -> dict:
-    """One cell in a worker process: its metrics. Torch in the worker uses the recipe's own thread count
-    (``threads`` in its config), as in a serial sweep."""
-    return run_recipe(recipe, Path(d), over, resume=resume, progress=False)
-
-
-def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, out=None, progress: bool = True,
-          strength: str | None = None, jobs: int = 1) -> dict:
-    """Run ``recipe`` for every combination of ``grid`` × ``seeds`` seeds (from the recipe's default seed);
-    returns the ``sweep.json`` content. ``strength`` names the grid key whose 0 is the control (default: the
-    first grid key). ``jobs`` > 1 runs that many cells at once in worker processes (spawned; each cell is the
-    same run as in a serial sweep, so ``sweep.json`` is the same); keep ``jobs`` × the recipe's ``threads`` at or
-    below the machine's cores, or the workers compete for them."""
-    r = load_recipe(recipe)
-    registry.load()
-    if r.kind not in FIGURES:
-        raise ConfigError(f"no sweep figures for recipe kind {r.kind!r}")
-    if not grid:
-        raise ConfigError("give at least one --set KEY=V1,V2,… to sweep")
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be ≥ 1, got {seeds}")
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
-    fixed = dict(fixed or {})
-    strength = strength or next(iter(grid))
-    out = Path(out or f"sweeps/{recipe}")
-    out.mkdir(parents=True, exist_ok=True)
-    base = int({**r.config, **fixed}.get("seed", 0))
-    settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-    cells = [(p, base + k) for p in settings for k in range(seeds)]
-    task_label, task_fn, topo_label, topo_fn = FIGURES[r.kind]
-    rows, t0, ran = [], time.time(), 0
-    # cells to run in worker processes, submitted at once (the others are read or run below, in order)
-    pending = {}
-    if jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
-        for params, seed in cells:
-            d = out / _cell_name(params, seed)
-            if not (d / "metrics.json").is_file():
-                resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
-                pending[d] = (pool.submit(_run_cell, recipe, str(d), {**fixed, **params, "seed": seed}, resume), resume)
-        pool.shutdown(wait=False)
+def _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label):
+    """The cells' rows in order, each read from its finished directory or collected from its run."""
+    rows, t0, ran, topo_label_used = [], time.time(), 0, topo_label
     for i, (params, seed) in enumerate(cells, 1):
         d = out / _cell_name(params, seed)
-        if d in pending:
-            future, resume = pending[d]
-            m = future.result()
-            ran += 1
-            how = "resumed" if resume else "ran"
-        elif (d / "metrics.json").is_file():
+        if (d / "metrics.json").is_file():
             m, how = read_json(d / "metrics.json", "run metrics"), "done before"
         else:
             resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
-            m = run_recipe(recipe, d, {**fixed, **params, "seed": seed}, resume=resume, progress=progress)
+            m = runs.result(d)
             ran += 1
             how = "resumed" if resume else "ran"
         label, topo = topo_fn(m) if topo_label is None else (topo_label, topo_fn(m))
@@ -128,6 +83,45 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
         print(f"[{i}/{len(cells)}] {d.name}: {how}; {task_label} {rows[-1]['task']:.4g}, {label} "
               f"{rows[-1]['topography']:.3g}" + (f"; ETA {eta / 60:.1f} min" if left else ""), flush=True)
         topo_label_used = label
+    return rows, topo_label_used
+
+
+def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, out=None, progress: bool = True,
+          strength: str | None = None, jobs: int = 1, launcher: str = "pool", slurm: dict | None = None) -> dict:
+    """Run ``recipe`` for every combination of ``grid`` × ``seeds`` seeds (from the recipe's default seed);
+    returns the ``sweep.json`` content. ``strength`` names the grid key whose 0 is the control (default: the
+    first grid key). ``jobs`` > 1 runs that many cells at once in worker processes (spawned; each cell is the
+    same run as in a serial sweep, so ``sweep.json`` is the same), never more threads than the machine's cores;
+    ``launcher="slurm"`` submits each cell as a Slurm job through submitit (``slurm``: its parameters, e.g.
+    ``{"slurm_partition": "gpu"}``), collected through the cell directories (see :mod:`topotorch.launch`)."""
+    r = load_recipe(recipe)
+    registry.load()
+    if r.kind not in FIGURES:
+        raise ConfigError(f"no sweep figures for recipe kind {r.kind!r}")
+    if not grid:
+        raise ConfigError("give at least one --set KEY=V1,V2,… to sweep")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be ≥ 1, got {seeds}")
+    fixed = dict(fixed or {})
+    strength = strength or next(iter(grid))
+    out = Path(out or f"sweeps/{recipe}")
+    out.mkdir(parents=True, exist_ok=True)
+    base = int({**r.config, **fixed}.get("seed", 0))
+    settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    cells = [(p, base + k) for p in settings for k in range(seeds)]
+    task_label, task_fn, topo_label, topo_fn = FIGURES[r.kind]
+    runs = Runs(jobs, launcher, out / "jobs", slurm)
+    try:
+        for params, seed in cells:  # every cell not finished before, queued at once
+            d = out / _cell_name(params, seed)
+            if not (d / "metrics.json").is_file():
+                over = {**fixed, **params, "seed": seed}
+                resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
+                runs.add(d, recipe_config(recipe, over).threads, run_cell, recipe, str(d), over, resume,
+                         progress and runs.serial)
+        rows, topo_label_used = _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label)
+    finally:
+        runs.close()
     summary = []
     for p in settings:
         sel = [x for x in rows if all(x[k] == v for k, v in p.items())]
