@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import data as D
 from .. import metrics as M
@@ -195,14 +196,27 @@ def build_model(cfg: BIMTConfig):
 SWEEP_FIGURES = ("test MSE", lambda m: m["test_loss"], "Newman's Q (Louvain)", lambda m: m["modularity_q"])
 
 
-@kind("bimt", BIMTConfig, figures=SWEEP_FIGURES)
-def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) -> dict:
-    """Train one BIMT model and write the run directory; returns the metrics dict."""
+@dataclass
+class Setup:
+    """What one BIMT run trains: its data, model, graph, costs, optimizer and the schedule of λ."""
+    data: D.Split
+    lossf: Callable
+    model: nn.Module
+    graph: object
+    cost: WiringCost
+    reloc_cost: WiringCost
+    opt: torch.optim.Optimizer
+    lam_at: Callable[[int], float]
+    swap_on: bool
+    l1_on: bool
+
+
+def setup(cfg: BIMTConfig) -> Setup:
+    """The run's pieces, built in the order (and so from the random state) a run always uses."""
     data = load_task(cfg)
     lossf = task_loss(cfg)
     torch.manual_seed(cfg.seed)
     model, graph = build_model(cfg)
-    out = start_run(cfg, out, resume)  # positions live in model.safetensors (topotorch draw reads them)
     l1_on, local_on, swap_on = VARIANTS[cfg.variant]
     penalize = [True] * (len(graph.weights) - 1) + [not cfg.no_penalize_last]
     cost_args = dict(l0=cfg.l0, exponent=cfg.exponent, reduction=cfg.reduction, penalize=penalize, p=cfg.p)
@@ -212,47 +226,70 @@ def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) 
     reloc_cost = cost if local_on else WiringCost(graph, A=cfg.A, **cost_args)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lam_at = piecewise(cfg.lam if l1_on else 0.0, cfg.lam_schedule, cfg.steps)
-    callbacks = [WiringPenalty(cost, lam_at, int(cfg.bias_penalty_start * cfg.steps))]
-    if swap_on:
-        callbacks.append(Relocation(graph, reloc_cost, opt, cfg.swap_interval, cfg.top_k, cfg.relocate_method))
-    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    return Setup(data, lossf, model, graph, cost, reloc_cost, opt, lam_at, swap_on, l1_on)
+
+
+@kind("bimt", BIMTConfig, figures=SWEEP_FIGURES)
+def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) -> dict:
+    """Train one BIMT model and write the run directory; returns the metrics dict."""
+    st = setup(cfg)
+    out = start_run(cfg, out, resume)  # positions live in model.safetensors (topotorch draw reads them)
+    model, graph, lossf, opt = st.model, st.graph, st.lossf, st.opt
+    callbacks = [WiringPenalty(st.cost, st.lam_at, int(cfg.bias_penalty_start * cfg.steps))]
+    if st.swap_on:
+        callbacks.append(Relocation(graph, st.reloc_cost, opt, cfg.swap_interval, cfg.top_k, cfg.relocate_method))
+    x, y = st.data.x_train, st.data.y_train
+    emb_l1 = embedding_penalty(cfg, model) if st.l1_on else (lambda step: 0.0)
+
+    def loss_fn(step, micro):
+        return lossf(model(x), y) + st.lam_at(step) * emb_l1(step)
+    info = fit(model, opt, loss_fn, cfg.steps, out=out, resume=resume,
+               callbacks=callbacks, evaluate=_evaluator(cfg, model, st.data), log_every=cfg.log_interval,
+               checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"{cfg.recipe}[{cfg.variant}]",
+               tensorboard=cfg.tensorboard)
+    return after_training(cfg, out, st, loss_fn, info["seconds"], resume, progress)
+
+
+def _evaluator(cfg: BIMTConfig, model, data: D.Split):
+    lossf = task_loss(cfg)
 
     def evaluate(step):
         with torch.no_grad():
-            out = model(xt)
-            row = {"test_loss": lossf(out, yt).item()}
+            out = model(data.x_test)
+            row = {"test_loss": lossf(out, data.y_test).item()}
             if TASKS[cfg.task].classification:
-                row["test_accuracy"] = float((out.argmax(1) == yt).float().mean())
+                row["test_accuracy"] = float((out.argmax(1) == data.y_test).float().mean())
             return row
+    return evaluate
 
-    emb_l1 = embedding_penalty(cfg, model) if l1_on else (lambda step: 0.0)
 
-    def loss_fn(step, micro):
-        return lossf(model(x), y) + lam_at(step) * emb_l1(step)
-    info = fit(model, opt, loss_fn, cfg.steps, out=out, resume=resume,
-               callbacks=callbacks, evaluate=evaluate, log_every=cfg.log_interval,
-               checkpoint_every=cfg.checkpoint_interval, progress=progress, desc=f"{cfg.recipe}[{cfg.variant}]",
-               tensorboard=cfg.tensorboard)
-    seconds, extra = info["seconds"], {}
+def after_training(cfg: BIMTConfig, out: Path, st: Setup, loss_fn, seconds: float, resume: bool = False,
+                   progress: bool = True) -> dict:
+    """Everything after the main training: pruning to a budget, the masked fine-tune, retrained cuts, the final
+    sweep (beyond the seed's procedure), then :func:`finish_bimt`."""
+    model, graph, lossf, opt, cost, reloc_cost = st.model, st.graph, st.lossf, st.opt, st.cost, st.reloc_cost
+    x, y = st.data.x_train, st.data.y_train
+    extra = {}
     beyond = cfg.procedure != "seed" and cfg.variant == "full"  # ablation variants keep the seed's procedure
     if cfg.finetune_steps and beyond:
         extra = prune_greedy(graph, lambda: lossf(model(x), y).item(), cfg.threshold, cfg.prune_budget)
         last = cfg.steps - 1
-        tail = [WiringPenalty(cost, lambda step: cfg.finetune_lam * lam_at(last), 0), Masks(model)]
-        if swap_on:
+        tail = [WiringPenalty(cost, lambda step: cfg.finetune_lam * st.lam_at(last), 0), Masks(model)]
+        if st.swap_on:
             tail.append(Relocation(graph, reloc_cost, opt, cfg.swap_interval, cfg.top_k, cfg.relocate_method))
         info = fit(model, opt, loss_fn, cfg.finetune_steps, out=out / "finetune", resume=resume, callbacks=tail,
-                   evaluate=evaluate, log_every=cfg.log_interval, checkpoint_every=cfg.checkpoint_interval,
-                   progress=progress, desc=f"{cfg.recipe}[{cfg.variant}] fine-tune")
+                   evaluate=_evaluator(cfg, model, st.data), log_every=cfg.log_interval,
+                   checkpoint_every=cfg.checkpoint_interval, progress=progress,
+                   desc=f"{cfg.recipe}[{cfg.variant}] fine-tune")
         seconds += info["seconds"]
         if cfg.refit_steps:
             reference = extra["train_loss_before_prune"]
             extra["refit_cut"] = prune_with_refit(graph, model, lambda: lossf(model(x), y),
                                                   cfg.prune_budget * reference, cfg.refit_steps, cfg.lr)
-    if cfg.final_sweep and swap_on and beyond:
+    if cfg.final_sweep and st.swap_on and beyond:
         extra["wiring_cost_before_sweep"] = float(reloc_cost.value().detach())
         extra["wiring_cost_after_sweep"] = final_sweep(model, graph, reloc_cost)
-    return finish_bimt(cfg, out, model, graph, data, seconds, extra)
+    return finish_bimt(cfg, out, model, graph, st.data, seconds, extra)
 
 
 def embedding_penalty(cfg: BIMTConfig, model):
