@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import os
 import sys
@@ -26,12 +27,31 @@ def _cmd_run(args) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     out = args.out or f"runs/{args.recipe}"
+    if args.seeds is not None:
+        return _run_seeds(args, overrides, Path(out))
     metrics = run_recipe(args.recipe, out, overrides, resume=args.resume, progress=not args.quiet)
     if not metrics:  # a non-zero DDP rank: rank 0 reports
         return 0
     short = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
     print(json.dumps(short, indent=1))
     print(f"wrote {out}/metrics.json")
+    return 0
+
+
+def _run_seeds(args, overrides: dict, out) -> int:
+    """``run RECIPE --seeds N``: seeds S…S+N−1 into OUT/seed-S, batched as replicas where the recipe can."""
+    from .recipes import load_recipe, run_seeds
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be ≥ 1, got {args.seeds}")
+    base = int(overrides.get("seed", load_recipe(args.recipe).config.get("seed", 0)))
+    seeds = list(range(base, base + args.seeds))
+    outs = [out / f"seed-{s}" for s in seeds]
+    ms, how = run_seeds(args.recipe, outs, [dict(overrides, seed=s) for s in seeds], out / "replicas",
+                        resume=args.resume, progress=not args.quiet, batched=not args.one_by_one)
+    print(f"{len(seeds)} seeds ({'one batched program' if how == 'batched' else 'one at a time: ' + how}):")
+    for s, o, m in zip(seeds, outs, ms):
+        short = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        print(f"  seed {s}: {o}/metrics.json  " + ", ".join(f"{k} {v:.4g}" for k, v in list(short.items())[:6]))
     return 0
 
 
@@ -181,7 +201,7 @@ def _cmd_reproduce(args) -> int:
     from .launch import parse_slurm
     rows = reproduce(args.out, quick=args.quick, only=args.only.split(",") if args.only else None,
                      progress=not args.quiet, seeds=args.seeds, data_dir=args.data, sweeps=args.sweeps,
-                     jobs=args.jobs, launcher=args.launcher, slurm=parse_slurm(args.slurm))
+                     jobs=args.jobs, launcher=args.launcher, slurm=parse_slurm(args.slurm), batched=not args.one_by_one)
     return 0 if all(r["holds"] for r in rows) else 1
 
 
@@ -230,6 +250,9 @@ def main(argv=None) -> int:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set variant=none (repeatable)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    r.add_argument("--seeds", type=int, help="run N seeds (from --seed or the recipe's) into OUT/seed-S, as one "
+                                             "batched program of replicas where the recipe can (small BIMT MLPs)")
+    r.add_argument("--one-by-one", action="store_true", help="with --seeds: never batch, one seed after another")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     rp = sub.add_parser("reproduce", help="run every recipe and write report.md / report.html")
     rp.add_argument("--quick", action="store_true", help="quick variants (a few minutes on a 2-core CPU)")
@@ -242,6 +265,7 @@ def main(argv=None) -> int:
                                    "the claims measured on it, e.g. --data ../shared/data")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
     _launch_arguments(rp, "runs")
+    rp.add_argument("--one-by-one", action="store_true", help="never batch a row's seeds as replicas")
     b = sub.add_parser("blimp", help="BLiMP minimal-pair accuracy of every arm of a language-model run (= probe --blimp)")
     b.add_argument("run", help="run directory of a language model (byte-level or with its tokenizer)")
     b.add_argument("--source", default="nyu-mll/blimp", help="folder of BLiMP .jsonl files, or the hub dataset")

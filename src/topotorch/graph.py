@@ -345,9 +345,9 @@ class NeuronGraph:
             for port in ports:
                 t = port.storage
                 st = optimizer.state.get(t, {}) if isinstance(t, nn.Parameter) else {}
-                for k, v in list(st.items()):
-                    if isinstance(v, torch.Tensor) and v.shape == t.shape:
-                        st[k] = v.index_select(port.dim, up.to(v.device))
+                for v in list(st.values()):
+                    if isinstance(v, torch.Tensor) and v.shape == t.shape:  # in place: the state may be a view
+                        v.copy_(v.index_select(port.dim, up.to(v.device)))
 
     @torch.no_grad()
     def verify(self, *inputs, model: nn.Module | None = None, rtol: float = 1e-5, seed: int = 0) -> None:

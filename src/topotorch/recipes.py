@@ -84,3 +84,30 @@ def run_recipe(name: str, out, overrides: dict | None = None, resume: bool = Fal
     """Run recipe ``name`` into ``out`` with ``overrides`` (keys of the recipe's config) applied."""
     cfg = recipe_config(name, overrides)
     return kinds()[load_recipe(name).kind][1](cfg, out, resume=resume, progress=progress)
+
+
+def run_seeds(name: str, outs: list, overrides: list[dict], root, resume: bool = False, progress: bool = True,
+              batched: bool = True) -> tuple[list[dict], str]:
+    """Run recipe ``name`` once per ``overrides[i]`` (the same config but the seed) into ``outs[i]``: as one batched
+    program of replicas when its kind can (:mod:`topotorch.replicas`; the batch's own log in ``root``), else one
+    after another. Returns the metrics and how they ran (``"batched"`` or why not)."""
+    from . import registry
+    cfgs = [recipe_config(name, o) for o in overrides]
+    kind = load_recipe(name).kind
+    if batched and len(cfgs) > 1 and batch_refusal(name, cfgs) is None:
+        fn = registry.REPLICAS[kind]
+        return fn(cfgs, [Path(o) for o in outs], Path(root), resume=resume, progress=progress), "batched"
+    why = "batching off" if not batched else "one seed" if len(cfgs) < 2 else batch_refusal(name, cfgs)
+    runner = kinds()[kind][1]
+    return [runner(c, Path(o), resume=resume, progress=progress) for c, o in zip(cfgs, outs)], why
+
+
+def batch_refusal(name: str, cfgs: list) -> str | None:
+    """Why recipe ``name``'s ``cfgs`` cannot train as one batch of replicas (``None``: they can)."""
+    from . import registry
+    kind = load_recipe(name).kind
+    fn = registry.REPLICAS.get(kind)
+    if fn is None:
+        return f"recipe kind {kind!r} has no batched trainer"
+    check = getattr(fn, "batchable", None)
+    return check(cfgs) if check is not None else None

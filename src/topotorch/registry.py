@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["Claim", "kind", "claims", "data_claims", "front", "command", "load", "KINDS", "CLAIMS", "DATA_CLAIMS",
-           "FRONTS", "FIGURES", "COMMANDS", "RECIPE_DIRS"]
+           "FRONTS", "FIGURES", "COMMANDS", "RECIPE_DIRS", "REPLICAS", "NotBatchable"]
 
 
 @dataclass
@@ -51,14 +51,25 @@ DATA_CLAIMS: list[Callable] = []
 FRONTS: list[Callable] = []
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 RECIPE_DIRS: list[Path] = []
+REPLICAS: dict[str, Callable] = {}
 
 
-def kind(name: str, config: type, figures: tuple | None = None, recipes=None):
-    """Register ``fn(cfg, out, resume, progress) -> metrics`` as the runner of recipes whose ``kind`` is ``name``."""
+class NotBatchable(Exception):
+    """Raised by a replicas runner, before it touches anything, for configs it cannot train as one batch."""
+
+
+def kind(name: str, config: type, figures: tuple | None = None, recipes=None, replicas: Callable | None = None):
+    """Register ``fn(cfg, out, resume, progress) -> metrics`` as the runner of recipes whose ``kind`` is ``name``.
+
+    ``replicas``: ``fn(cfgs, outs, root, resume, progress) -> [metrics]`` training several seeds of one config as one
+    batched program (:mod:`topotorch.replicas`), each run's directory as a single run would write it; it raises
+    :class:`NotBatchable` (then the seeds run one by one) for configs it cannot batch."""
     def deco(fn: Callable) -> Callable:
         if name in KINDS:
             raise ValueError(f"recipe kind {name!r} is registered twice")
         KINDS[name] = (config, fn)
+        if replicas is not None:
+            REPLICAS[name] = replicas
         if figures is not None:
             FIGURES[name] = figures
         if recipes is not None and Path(recipes) not in RECIPE_DIRS:

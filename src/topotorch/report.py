@@ -15,7 +15,7 @@ import torch
 from . import registry
 from .io import atomic_write_text, png_tag
 from .launch import Runs
-from .recipes import load_recipe, recipe_config, run_recipe
+from .recipes import batch_refusal, load_recipe, recipe_config, run_recipe
 from .registry import Claim
 
 __all__ = ["Claim", "claims", "data_claims", "reproduce"]
@@ -94,13 +94,15 @@ def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: li
 
 def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True,
               seeds: int | None = None, data_dir=None, sweeps: bool = False, jobs: int = 1, launcher: str = "pool",
-              slurm: dict | None = None) -> list[dict]:
+              slurm: dict | None = None, batched: bool = True) -> list[dict]:
     """Run the recipes behind :data:`CLAIMS` over ``seeds`` seeds each (default 3 quick, 5 full) into
     ``out/<recipe>/seed-<S>`` and write the report; returns the rows. Seeds start at the recipe's own
     default seed (``S, S+1, …``). ``data_dir`` adds the claims of :func:`data_claims` (real data); ``sweeps``
     adds the task-vs-topography :func:`fronts`. ``jobs`` > 1 runs that many runs at once in worker processes
     (never more threads than cores); ``launcher="slurm"`` submits each run as a Slurm job (:mod:`topotorch.launch`).
-    Every run is the same as in a serial reproduction, so the report is too (times aside)."""
+    Every run is the same as in a serial reproduction, so the report is too (times aside). ``batched``: a row whose
+    recipe can train its seeds as one batched program of replicas does so (:mod:`topotorch.replicas`; equal to
+    single runs to floating-point tolerance), as one job."""
     seeds = seeds if seeds is not None else (3 if quick else 5)
     if seeds < 1:
         raise ValueError(f"--seeds must be ≥ 1, got {seeds}")
@@ -118,14 +120,21 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     left = {(c.run_as or c.recipe): seeds for c in chosen}
     runs = Runs(jobs, launcher, out / "jobs", slurm)
     try:
+        batches = set()
         for c in chosen:  # queued at once; with workers they start as cores free up, collected in order below
             base = int(load_recipe(c.recipe).config.get("seed", 0))
-            for seed in range(base, base + seeds):
-                over = dict(c.quick if quick else c.overrides, seed=seed)
-                d = out / (c.run_as or c.recipe) / f"seed-{seed}"
-                runs.add(d, recipe_config(c.recipe, over).threads, _timed_run, c.recipe, str(d), over,
+            overs = [dict(c.quick if quick else c.overrides, seed=seed) for seed in range(base, base + seeds)]
+            dirs = [out / (c.run_as or c.recipe) / f"seed-{seed}" for seed in range(base, base + seeds)]
+            threads = recipe_config(c.recipe, overs[0]).threads
+            if batched and seeds > 1 and batch_refusal(c.recipe, [recipe_config(c.recipe, o) for o in overs]) is None:
+                row = out / (c.run_as or c.recipe)
+                batches.add(row)
+                runs.add(row, threads, _timed_batch, c.recipe, [str(d) for d in dirs], overs, str(row / "replicas"),
                          progress and runs.serial)
-        rows = _collect(chosen, quick, seeds, out, runs, t0, known, done, left)
+                continue
+            for d, over in zip(dirs, overs):
+                runs.add(d, threads, _timed_run, c.recipe, str(d), over, progress and runs.serial)
+        rows = _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches)
     finally:
         runs.close()
     front = fronts(out, quick, min(seeds, 3), data_dir, progress) if sweeps else []
@@ -139,8 +148,17 @@ def _timed_run(recipe: str, d: str, over: dict, progress: bool) -> tuple[dict, f
     return m, time.time() - t
 
 
-def _collect(chosen, quick, seeds, out, runs, t0, known, done, left) -> list[dict]:
-    rows = []
+def _timed_batch(recipe: str, dirs: list[str], overs: list[dict], root: str, progress: bool) -> list[tuple[dict, float]]:
+    """A row's seeds as one batched program: each run's metrics and its share of the wall time."""
+    from .recipes import run_seeds
+    t = time.time()
+    ms, _ = run_seeds(recipe, [Path(d) for d in dirs], overs, Path(root), progress=progress)
+    share = (time.time() - t) / len(ms)
+    return [(m, share) for m in ms]
+
+
+def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=frozenset()) -> list[dict]:
+    rows, batched = [], {}
     for k, c in enumerate(chosen, 1):
         name = c.run_as or c.recipe
         base = int(load_recipe(c.recipe).config.get("seed", 0))
@@ -149,7 +167,12 @@ def _collect(chosen, quick, seeds, out, runs, t0, known, done, left) -> list[dic
         for seed in seed_list:
             print(f"[{k}/{len(chosen)}] {name}, seed {seed} … ({_eta(time.time() - t0, left, known, done, runs.jobs)})",
                   flush=True)
-            m, secs = runs.result(out / name / f"seed-{seed}")
+            if out / name in batches:  # the row's seeds ran as one batch: take this seed's share
+                if out / name not in batched:
+                    batched[out / name] = iter(runs.result(out / name))
+                m, secs = next(batched[out / name])
+            else:
+                m, secs = runs.result(out / name / f"seed-{seed}")
             done.append(secs)
             row_seconds += secs
             known.setdefault(name, done[-1])

@@ -24,7 +24,7 @@ from ..io import save_model, write_json
 from ..models import MLP, TokenMLP
 from ..plot import draw_network, plot_curves
 from ..pruning import Masks, final_sweep, prune_greedy, prune_with_refit
-from ..train import Relocation, WiringPenalty, fit, piecewise
+from ..train import Callback, Relocation, WiringPenalty, fit, piecewise
 from . import kind
 from ..metrics import extents_overlap
 from ..registry import Claim, claims
@@ -229,7 +229,120 @@ def setup(cfg: BIMTConfig) -> Setup:
     return Setup(data, lossf, model, graph, cost, reloc_cost, opt, lam_at, swap_on, l1_on)
 
 
-@kind("bimt", BIMTConfig, figures=SWEEP_FIGURES)
+def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = False, progress: bool = True) -> list[dict]:
+    """Several seeds of one BIMT config trained as one batched program (:mod:`topotorch.replicas`): each seed's
+    initial weights, data, wiring cost, relocation (its own swaps) and — after training, one seed at a time —
+    pruning, fine-tune and analysis as :func:`run_bimt`; each run directory as a single run writes it (its
+    ``log.csv`` split from the batch's), the batch's own log and checkpoints in ``root``."""
+    from ..io import atomic_write_text
+    from ..plot import read_log
+    from ..registry import NotBatchable
+    from ..replicas import ReplicaOptimizer, RunningLosses, StackedMLP, StackedPenalty, replica_losses, unstack
+    why = bimt_batchable(cfgs)
+    if why:
+        raise NotBatchable(why)
+    cfg, S = cfgs[0], len(cfgs)
+    sts = [setup(c) for c in cfgs]
+    outs = [start_run(c, o, resume) for c, o in zip(cfgs, outs)]
+    stacked = StackedMLP([st.model for st in sts])
+    opt = torch.optim.AdamW(stacked.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    running = RunningLosses(S)
+    callbacks = [StackedPenalty(stacked, [st.cost for st in sts], sts[0].lam_at, int(cfg.bias_penalty_start * cfg.steps)),
+                 running]
+    relocs = [Relocation(st.graph, st.reloc_cost, ReplicaOptimizer(opt, stacked, s), cfg.swap_interval, cfg.top_k,
+                         cfg.relocate_method) for s, st in enumerate(sts)] if sts[0].swap_on else []
+    callbacks += [_Tagged(r, s) for s, r in enumerate(relocs)]
+    lossf = sts[0].lossf
+    batched = ((lambda out, y: replica_losses(F.mse_loss, out, F.one_hot(y, out.shape[-1]).to(out.dtype)))
+               if lossf is _onehot_mse else (lambda out, y: replica_losses(lossf, out, y)))
+    x, y = torch.stack([st.data.x_train for st in sts]), torch.stack([st.data.y_train for st in sts])
+    xt, yt = torch.stack([st.data.x_test for st in sts]), torch.stack([st.data.y_test for st in sts])
+
+    def loss_fn(step, micro):
+        losses = batched(stacked(x), y)
+        running.add(losses)
+        return losses.sum()
+
+    def evaluate(step):
+        with torch.no_grad():
+            out = stacked(xt)
+            row = {f"test_loss/{s}": float(v) for s, v in enumerate(batched(out, yt))}
+            if TASKS[cfg.task].classification:
+                row.update({f"test_accuracy/{s}": float(v) for s, v in enumerate((out.argmax(-1) == yt).float().mean(1))})
+            return row
+    info = fit(stacked, opt, loss_fn, cfg.steps, out=root, resume=resume, callbacks=callbacks, evaluate=evaluate,
+               log_every=cfg.log_interval, checkpoint_every=cfg.checkpoint_interval, progress=progress,
+               desc=f"{cfg.recipe}[{cfg.variant}] × {S} seeds")
+    log = read_log(root / "log.csv")
+    cols = ["train_loss", "test_loss"] + (["test_accuracy"] if TASKS[cfg.task].classification else []) + ["cost"]
+    for s, o in enumerate(outs):  # each run's log.csv, the columns a single run writes
+        table = {"step": log["step"], **{c: log[f"{c}/{s}"] for c in cols}, "lam": log["lam"],
+                 **({"swaps": log[f"swaps/{s}"]} if relocs else {})}
+        lines = [",".join(table)] + [",".join(_csv_number(table[k][i], k) for k in table) for i in range(len(log["step"]))]
+        atomic_write_text(o / "log.csv", "\n".join(lines) + "\n")
+    opts = unstack(stacked, opt)
+    results = []
+    for s, (c, o, st) in enumerate(zip(cfgs, outs, sts)):
+        st.opt = opts[s]
+        for r in ([relocs[s]] if relocs else []):
+            r.optimizer = opts[s]
+        model, xs, ys = st.model, st.data.x_train, st.data.y_train
+
+        def loss_one(step, micro, model=model, xs=xs, ys=ys):
+            return lossf(model(xs), ys)
+        m = after_training(c, o, st, loss_one, info["seconds"] / S, resume, progress)
+        m.update({"replicas": S, "batch_seconds": round(info["seconds"], 2)})  # the batch's training, shared
+        write_json(o / "metrics.json", m)
+        results.append(m)
+    return results
+
+
+def bimt_batchable(cfgs: list[BIMTConfig]) -> str | None:
+    """Why these configs cannot train as one batch of replicas (``None``: they can)."""
+    import dataclasses
+    base = dataclasses.replace(cfgs[0], seed=0)
+    if any(dataclasses.replace(c, seed=0) != base for c in cfgs):
+        return "the configs differ in more than the seed"
+    if TASKS[base.task].tokens:
+        return (f"{base.task} learns token embeddings (one per seed, with their own L1 term): its seeds run one at a "
+                "time")
+    if base.tensorboard:
+        return "TensorBoard logs are per run"
+    if len({c.seed for c in cfgs}) != len(cfgs):
+        return "two replicas share a seed"
+    return None
+
+
+class _Tagged(Callback):
+    """A replica's callback whose log columns carry its index (``swaps/3``)."""
+
+    def __init__(self, cb: Callback, s: int):
+        self.cb, self.s = cb, s
+
+    def before_step(self, step: int) -> None:
+        self.cb.before_step(step)
+
+    def after_step(self, step: int) -> None:
+        self.cb.after_step(step)
+
+    def log(self, step: int) -> dict:
+        return {f"{k}/{self.s}": v for k, v in self.cb.log(step).items()}
+
+    def state_dict(self) -> dict:
+        return self.cb.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cb.load_state_dict(state)
+
+
+def _csv_number(v, key: str) -> str:
+    return str(int(v)) if key in ("step", "swaps") else repr(float(v))
+
+
+run_bimt_replicas.batchable = bimt_batchable
+
+
+@kind("bimt", BIMTConfig, figures=SWEEP_FIGURES, replicas=run_bimt_replicas)
 def run_bimt(cfg: BIMTConfig, out, resume: bool = False, progress: bool = True) -> dict:
     """Train one BIMT model and write the run directory; returns the metrics dict."""
     st = setup(cfg)

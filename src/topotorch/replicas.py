@@ -1,0 +1,246 @@
+"""Replicas: ``S`` independent seeds of one small embedded MLP trained as one batched program.
+
+Small networks (BIMT's [4, 20, 20, 2] MLP on 100 points) are bound by the per-operation overhead of eager
+PyTorch, not by arithmetic, so ``S`` seeds stacked into batched tensors (``(S, out, in)`` weights, one
+``baddbmm`` per layer) cost little more than one. Everything per seed stays per seed:
+
+- each replica keeps its own ``nn.Sequential`` and :class:`~topotorch.graph.NeuronGraph`, whose parameters and
+  permutation buffers are *aliases* of its slice of the stacked tensors, so BIMT's relocation
+  (:func:`~topotorch.relocate.relocate`) moves a replica's units, exactly function-preserving, by writing into the
+  stack — and its Adam moments through :class:`ReplicaOptimizer`;
+- the wiring-cost gradient is added to the stacked gradients in one operation per layer (every replica has the
+  same layouts, so the same distance factors);
+- losses, test figures, logs and costs are per replica.
+
+Elementwise steps (AdamW, the penalty, relocation) are the same arithmetic as a single run; the forward and backward
+pass go through batched matrix products, whose summation order may differ from ``nn.Linear``'s in the last bits.
+A replica therefore equals the single run of its seed to floating-point tolerance: weights within 1e-5 over a few
+hundred steps with relocation (``tests/test_replicas.py``), and the claims' hold rates over seeds are unchanged.
+Long runs drift apart in the last digits as any two BLAS builds do.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .graph import ELEMENTWISE, IN_PERM, OUT_PERM
+from .train import Callback
+
+__all__ = ["StackedMLP", "ReplicaOptimizer", "StackedPenalty", "RunningLosses", "replica_losses", "unstack"]
+
+
+class _BatchedLinear(torch.autograd.Function):
+    """``x (S, N, in) @ W (S, out, in)ᵀ + b (S, out)`` whose backward forms every product as ``F.linear``'s does
+    (``∂W = gᵀ x``, ``∂x = g W``, ``∂b = Σ g``), so each replica's gradients equal a single run's bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, W, b):
+        ctx.save_for_backward(x, W)
+        return torch.baddbmm(b[:, None, :], x, W.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved_tensors
+        return torch.bmm(g, W), torch.bmm(g.transpose(1, 2), x), g.sum(1)
+
+
+class StackedMLP(nn.Module):
+    """``S`` embedded ``nn.Sequential`` MLPs of one shape as one module: ``forward(x (S, N, in)) → (S, N, out)``.
+
+    Each replica's input/output permutations (``topo_in_perm``/``topo_out_perm`` of :func:`~topotorch.embed`) are
+    applied per replica. After construction the replicas' own parameters and permutation buffers are views of
+    this module's stacks (see :func:`unstack` to give them back tensors of their own)."""
+
+    def __init__(self, models: Sequence[nn.Sequential]):
+        super().__init__()
+        if not models:
+            raise ValueError("no replicas given")
+        first = models[0]
+        kinds = [type(m) for m in first]
+        for k, m in enumerate(models):
+            if [type(x) for x in m] != kinds:
+                raise ValueError(f"replica {k} has modules {[type(x).__name__ for x in m]}, replica 0 "
+                                 f"{[t.__name__ for t in kinds]}: replicas must share one architecture")
+            if not hasattr(m, IN_PERM):
+                raise ValueError(f"replica {k} is not embedded (no {IN_PERM}): embed each replica first")
+        for x in first:
+            if not isinstance(x, (nn.Linear,) + ELEMENTWISE):
+                raise ValueError(f"replicas stack Linear and elementwise modules only, not {type(x).__name__}")
+        self.S = len(models)
+        lin = [[x for x in m if isinstance(x, nn.Linear)] for m in models]
+        for k, ls in enumerate(lin):
+            if [tuple(x.weight.shape) for x in ls] != [tuple(x.weight.shape) for x in lin[0]]:
+                raise ValueError(f"replica {k} has other layer shapes than replica 0")
+        self.weights = nn.ParameterList([nn.Parameter(torch.stack([ls[i].weight.detach() for ls in lin]).clone())
+                                         for i in range(len(lin[0]))])
+        self.biases = nn.ParameterList([nn.Parameter(torch.stack([ls[i].bias.detach() for ls in lin]).clone())
+                                        for i in range(len(lin[0]))])
+        self.register_buffer("in_perm", torch.stack([getattr(m, IN_PERM) for m in models]).clone())
+        self.register_buffer("out_perm", torch.stack([getattr(m, OUT_PERM) for m in models]).clone())
+        self.acts = [x for x in first if not isinstance(x, nn.Linear)]  # shared: elementwise, stateless
+        self.order = ["lin" if isinstance(x, nn.Linear) else "act" for x in first]
+        self.replicas = list(models)
+        for s, (m, ls) in enumerate(zip(models, lin)):  # alias every replica's tensors into the stacks
+            for i, x in enumerate(ls):
+                x._parameters["weight"] = nn.Parameter(self.weights[i].data[s], requires_grad=False)
+                x._parameters["bias"] = nn.Parameter(self.biases[i].data[s], requires_grad=False)
+            m._buffers[IN_PERM] = self.in_perm[s]
+            m._buffers[OUT_PERM] = self.out_perm[s]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        S, N = x.shape[0], x.shape[1]
+        if S != self.S:
+            raise ValueError(f"input holds {S} replicas' batches, the stack has {self.S}")
+        h = x.gather(2, self.in_perm[:, None, :].expand(S, N, self.in_perm.shape[1]))
+        li = ai = 0
+        for kind in self.order:
+            if kind == "lin":
+                h = _BatchedLinear.apply(h, self.weights[li], self.biases[li])
+                li += 1
+            else:
+                h = self.acts[ai](h)
+                ai += 1
+        back = torch.argsort(self.out_perm, dim=1)
+        return h.gather(2, back[:, None, :].expand(S, N, back.shape[1]))
+
+    def pairs(self, s: int) -> list[tuple[torch.Tensor, nn.Parameter]]:
+        """``(replica s's parameter, its stacked parameter)`` for every weight and bias."""
+        lin = [x for x in self.replicas[s] if isinstance(x, nn.Linear)]
+        return ([(x.weight, W) for x, W in zip(lin, self.weights)] + [(x.bias, b) for x, b in zip(lin, self.biases)])
+
+
+class ReplicaOptimizer:
+    """What relocation needs of an optimizer, for replica ``s`` of a stacked one: ``.state`` maps the replica's
+    parameters to views of its slice of the stacked per-parameter state (Adam's moments), which
+    :meth:`~topotorch.graph.NeuronGraph.permute` permutes in place."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, stacked: StackedMLP, s: int):
+        self.optimizer, self.stacked, self.s = optimizer, stacked, s
+
+    @property
+    def state(self) -> dict:
+        out = {}
+        for rp, sp in self.stacked.pairs(self.s):
+            st = self.optimizer.state.get(sp, {})
+            out[rp] = {k: v[self.s] for k, v in st.items()
+                       if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == self.stacked.S}
+        return out
+
+
+class StackedPenalty(Callback):
+    """BIMT's wiring penalty on every replica at once: ``λ(step)·∂cost/∂W`` added to the stacked gradients, the
+    same elementwise arithmetic as :class:`~topotorch.train.WiringPenalty` on each replica. ``costs``: the replicas'
+    :class:`~topotorch.costs.WiringCost` (equal geometry; the first gives the factors), logged per replica."""
+
+    def __init__(self, stacked: StackedMLP, costs: Sequence, lam_at: Callable[[int], float], bias_start: int = 0):
+        self.stacked, self.costs, self.lam_at, self.bias_start = stacked, list(costs), lam_at, bias_start
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        scale = self.lam_at(step)
+        if scale == 0:
+            return
+        cost, bias = self.costs[0], step >= self.bias_start
+        cost._sync()
+        for k, w in enumerate(cost.graph.weights):
+            W = self.stacked.weights[k]
+            f = cost._factors(k, W[0])[1]  # (out, in): every replica has the same layouts
+            if W.grad is None:
+                W.grad = torch.zeros_like(W)
+            W.grad.addcmul_(torch.sign(W), f, value=scale)
+            b, bs = self.stacked.biases[k], cost._bscale[k]
+            if bias and w.bias is not None and bs:
+                if b.grad is None:
+                    b.grad = torch.zeros_like(b)
+                b.grad.add_(torch.sign(b), alpha=scale * cost.l0 * bs)
+
+    def log(self, step: int) -> dict:
+        with torch.no_grad():
+            bias = step >= self.bias_start
+            row = {f"cost/{s}": c.value(bias=bias).item() for s, c in enumerate(self.costs)}
+        return {**row, "lam": self.lam_at(step)}
+
+
+class RunningLosses(Callback):
+    """Each replica's training loss, averaged over the steps since the previous log row (as ``fit``'s
+    ``train_loss`` of a single run); checkpointed with the run."""
+
+    def __init__(self, S: int):
+        self.sum, self.count = torch.zeros(S, dtype=torch.float64), 0
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.sum += losses.detach().double().cpu()
+        self.count += 1
+
+    def log(self, step: int) -> dict:
+        row = {f"train_loss/{s}": float(v) / max(1, self.count) for s, v in enumerate(self.sum)}
+        self.sum.zero_()
+        self.count = 0
+        return row
+
+    def state_dict(self) -> dict:
+        return {"sum": self.sum.tolist(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sum = torch.tensor(state.get("sum", [0.0] * len(self.sum)), dtype=torch.float64)
+        self.count = int(state.get("count", 0))
+
+
+class _ReplicaMSE(torch.autograd.Function):
+    """``(S,)`` mean squared errors whose backward is ``F.mse_loss``'s, ``(out − y) · 2/n · g``, per replica."""
+
+    @staticmethod
+    def forward(ctx, out, y):
+        d = out - y
+        ctx.save_for_backward(d)
+        return d.pow(2).flatten(1).mean(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        n = d[0].numel()
+        return d.mul(2.0 / n).mul_(g.view(-1, *([1] * (d.dim() - 1)))), None
+
+
+def replica_losses(lossf: Callable, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(S,)``: ``lossf(out[s], y[s])`` for every replica — mean squared error and cross-entropy as one batched
+    operation, any other loss replica by replica."""
+    S = out.shape[0]
+    if lossf is F.mse_loss:
+        return _ReplicaMSE.apply(out, y)
+    if lossf is F.cross_entropy:
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(S, -1).mean(1)
+    return torch.stack([lossf(out[s], y[s]) for s in range(S)])
+
+
+@torch.no_grad()
+def unstack(stacked: StackedMLP, optimizer: torch.optim.Optimizer | None = None) -> list[torch.optim.Optimizer | None]:
+    """Give every replica tensors of its own again (copies of its slice) and, with ``optimizer`` (the stacked
+    AdamW/Adam), an optimizer of the same class and settings holding its slice of the state, so that a replica
+    continues exactly as a single run would. Returns the replicas' optimizers (``None`` without one)."""
+    opts = []
+    for s, m in enumerate(stacked.replicas):
+        for x in m:
+            if isinstance(x, nn.Linear):
+                for name in ("weight", "bias"):
+                    x._parameters[name] = nn.Parameter(x._parameters[name].detach().clone())
+        m._buffers[IN_PERM] = m._buffers[IN_PERM].clone()
+        m._buffers[OUT_PERM] = m._buffers[OUT_PERM].clone()
+        if optimizer is None:
+            opts.append(None)
+            continue
+        import inspect
+        accepted = inspect.signature(type(optimizer).__init__).parameters
+        group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params" and k in accepted}
+        opt = type(optimizer)(list(m.parameters()), **group)
+        for own, sp in stacked.pairs(s):  # the replica's own parameters now
+            st = optimizer.state.get(sp)
+            if st:
+                opt.state[own] = {k: (v[s].clone() if isinstance(v, torch.Tensor) and v.dim() > 0 else
+                                      v.clone() if isinstance(v, torch.Tensor) else v) for k, v in st.items()}
+        opts.append(opt)
+    return opts
+

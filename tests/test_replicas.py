@@ -1,0 +1,111 @@
+"""Replicas: seeds of a small BIMT model trained as one batched program equal single runs of those seeds.
+
+Tolerance (stated in topotorch.replicas): elementwise steps are the same arithmetic and the batched products' backward
+is formed as nn.Linear's, so a replica's gradients equal a single run's except in the last bit of an occasional
+element (a vectorised kernel's tail); over a few hundred steps with relocation every weight stays within 5e-4 and the
+metrics within 1e-4 relative, and the pruned network's modules are the same."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import topotorch as tt
+from topotorch.cli import main
+from topotorch.io import read_state
+from topotorch.models import MLP
+from topotorch.recipes import batch_refusal, recipe_config, run_recipe, run_seeds
+from topotorch.replicas import StackedMLP, replica_losses
+
+
+def _compare(tmp_path, recipe, over, seeds=(0, 1, 2), w_tol=5e-4):
+    ms, how = run_seeds(recipe, [tmp_path / f"b{s}" for s in seeds], [dict(over, seed=s) for s in seeds],
+                        tmp_path / "batch", progress=False)
+    assert how == "batched"
+    for s, m in zip(seeds, ms):
+        single = run_recipe(recipe, tmp_path / f"s{s}", dict(over, seed=s), progress=False)
+        A, B = read_state(tmp_path / f"b{s}" / "model.safetensors"), read_state(tmp_path / f"s{s}" / "model.safetensors")
+        assert set(A) == set(B)
+        for k in A:
+            assert torch.allclose(A[k].double(), B[k].double(), atol=w_tol, rtol=0), (s, k)
+        for key in ("train_loss", "test_loss", "test_loss_pruned", "wiring_length"):
+            assert m[key] == pytest.approx(single[key], rel=1e-4), (s, key)
+        assert m["modules"] == single["modules"] and m["params_kept"] == single["params_kept"]
+        assert m["seed"] == s and m["replicas"] == len(seeds)
+        # the run directory as a single run writes it: the same log columns, the same steps, close values
+        la = (tmp_path / f"b{s}" / "log.csv").read_text().splitlines()
+        lb = (tmp_path / f"s{s}" / "log.csv").read_text().splitlines()
+        assert la[0] == lb[0] and len(la) == len(lb)
+        for ra, rb in zip(la[1:], lb[1:]):
+            for va, vb in zip(ra.split(","), rb.split(",")):
+                assert float(va) == pytest.approx(float(vb), rel=1e-3, abs=1e-6)
+        assert {p.name for p in (tmp_path / f"b{s}").iterdir()} >= {"network.png", "curves.png", "metrics.json",
+                                                                     "model.safetensors", "config.json"}
+    return ms
+
+
+def test_independence_replicas_equal_single_runs_with_relocation_and_the_full_procedure(tmp_path):
+    over = {"steps": 300, "swap_interval": 100, "log_interval": 100, "finetune_steps": 60, "refit_steps": 5}
+    _compare(tmp_path, "independence", over)
+
+
+def test_two_moon_replicas_cross_entropy_and_accuracy_equal_single_runs(tmp_path):
+    ms = _compare(tmp_path, "two-moon", {"steps": 300, "swap_interval": 100, "log_interval": 100})
+    assert all("test_accuracy" in m for m in ms)
+
+
+def test_stacked_forward_and_gradients_match_each_replica():
+    torch.manual_seed(0)
+    models, graphs = [], []
+    for s in range(3):
+        torch.manual_seed(s)
+        m = MLP([4, 12, 3])
+        g = tt.embed(m)
+        graphs.append(g)
+        g.permute(0, torch.randperm(4))  # boundary permutations differ per replica
+        g.permute(2, torch.randperm(3))
+        models.append(m)
+    import copy
+    singles = [copy.deepcopy(m) for m in models]
+    st = StackedMLP(models)
+    x, y = torch.randn(3, 50, 4), torch.randn(3, 50, 3)
+    out = st(x)
+    replica_losses(F.mse_loss, out, y).sum().backward()
+    for s, m in enumerate(singles):
+        assert torch.allclose(m(x[s]), out[s], atol=1e-6)
+        F.mse_loss(m(x[s]), y[s]).backward()
+        lin = [q for q in m if isinstance(q, torch.nn.Linear)]
+        for k, q in enumerate(lin):
+            assert torch.allclose(q.weight.grad, st.weights[k].grad[s], atol=1e-6)
+            assert torch.allclose(q.bias.grad, st.biases[k].grad[s], atol=1e-6)
+    # every replica's own parameters alias its slice: moving a replica's units moves the stack, exactly
+    with torch.no_grad():
+        before = st(x)
+        w = st.weights[0][1].clone()
+        graphs[1].permute(1, torch.randperm(12))
+        assert not torch.equal(st.weights[0][1], w)                   # replica 1's slice moved
+        assert torch.allclose(st(x), before, atol=1e-6)               # and every replica computes the same
+    a, b = MLP([4, 12, 3]), MLP([4, 12, 3], "relu")
+    tt.embed(a), tt.embed(b)
+    with pytest.raises(ValueError, match="replicas must share one architecture"):
+        StackedMLP([a, b])
+
+
+def test_what_cannot_be_batched_is_named_and_runs_one_by_one():
+    cfgs = [recipe_config("modular-addition", {"seed": s}) for s in (0, 1)]
+    assert "token embeddings" in batch_refusal("modular-addition", cfgs)
+    assert "no batched trainer" in batch_refusal("toponets-mlp", [recipe_config("toponets-mlp", {})] * 2)
+    mixed = [recipe_config("independence", {"seed": 0}), recipe_config("independence", {"seed": 1, "lr": 0.01})]
+    assert "more than the seed" in batch_refusal("independence", mixed)
+    assert batch_refusal("independence", [recipe_config("independence", {"seed": s}) for s in (0, 1)]) is None
+
+
+def test_run_seeds_command_writes_one_directory_per_seed(tmp_path, capsys):
+    assert main(["run", "two-moon", "--seeds", "2", "--seed", "5", "--steps", "40", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    assert "one batched program" in capsys.readouterr().out
+    for s in (5, 6):
+        assert json.loads((tmp_path / f"seed-{s}" / "metrics.json").read_text())["seed"] == s
+    assert (tmp_path / "replicas" / "log.csv").is_file()
+    assert main(["run", "toponets-mlp", "--seeds", "2", "--steps", "3", "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    assert "one at a time: recipe kind 'toponets-mlp' has no batched trainer" in capsys.readouterr().out
