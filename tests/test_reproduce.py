@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow  # a reproduction test: runs whole recipes
 
 def test_reproduce_reports_every_claim_over_seeds_in_a_self_contained_report(tmp_path, capsys):
     rc = main(["reproduce", "--quick", "--seeds", "2", "--only", "locality-prior,toponets-mlp", "--out", str(tmp_path),
-               "--quiet"])
+               "--quiet", "--jobs", "1"])
     rep = json.loads((tmp_path / "report.json").read_text())
     rows = rep["rows"]
     assert [r["recipe"] for r in rows] == ["locality-prior", "toponets-mlp"]

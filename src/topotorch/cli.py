@@ -191,7 +191,7 @@ def _cmd_sweep(args) -> int:
     grid, fixed = parse_grid(args.set)
     from .launch import parse_slurm
     sweep(args.recipe, grid, fixed, seeds=args.seeds, out=args.out or f"sweeps/{args.recipe}",
-          progress=not args.quiet, strength=args.strength, jobs=args.jobs, launcher=args.launcher,
+          progress=not args.quiet, strength=args.strength, jobs=args.jobs if args.jobs is not None else 1, launcher=args.launcher,
           slurm=parse_slurm(args.slurm))
     return 0
 
@@ -201,7 +201,8 @@ def _cmd_reproduce(args) -> int:
     from .launch import parse_slurm
     rows = reproduce(args.out, quick=args.quick, only=args.only.split(",") if args.only else None,
                      progress=not args.quiet, seeds=args.seeds, data_dir=args.data, sweeps=args.sweeps,
-                     jobs=args.jobs, launcher=args.launcher, slurm=parse_slurm(args.slurm), batched=not args.one_by_one)
+                     jobs=args.jobs if args.jobs is not None else (os.cpu_count() or 1) if args.launcher == "pool" else 1,
+                     launcher=args.launcher, slurm=parse_slurm(args.slurm), batched=not args.one_by_one)
     return 0 if all(r["holds"] for r in rows) else 1
 
 
@@ -220,10 +221,10 @@ def _cmd_draw(args) -> int:
     return 0
 
 
-def _launch_arguments(p, what: str) -> None:
+def _launch_arguments(p, what: str, default_jobs: str = "1") -> None:
     from .launch import LAUNCHERS
-    p.add_argument("--jobs", type=int, default=1, help=f"{what} at once in worker processes (default 1), never more "
-                   "threads than cores; with a cluster launcher: the most jobs running at once")
+    p.add_argument("--jobs", type=int, default=None, help=f"{what} at once in worker processes (default "
+                   f"{default_jobs}), never more threads than cores; with a cluster launcher: the most jobs running at once")
     p.add_argument("--launcher", default="pool", choices=LAUNCHERS,
                    help=f"pool: worker processes here; slurm: each of the {what} a Slurm job through submitit (logs "
                         "in OUT/jobs; rerun the command to collect or continue); submitit-local: the same path on "
@@ -264,7 +265,7 @@ def main(argv=None) -> int:
     rp.add_argument("--data", help="a folder of real data (a .txt corpus, stimuli/, blimp/, mnist-t10k/): adds "
                                    "the claims measured on it, e.g. --data ../shared/data")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
-    _launch_arguments(rp, "runs")
+    _launch_arguments(rp, "runs", "the number of cores")
     rp.add_argument("--one-by-one", action="store_true", help="never batch a row's seeds as replicas")
     b = sub.add_parser("blimp", help="BLiMP minimal-pair accuracy of every arm of a language-model run (= probe --blimp)")
     b.add_argument("run", help="run directory of a language model (byte-level or with its tokenizer)")

@@ -415,7 +415,120 @@ def hf_text(name: str = "HuggingFaceFW/fineweb-edu", config: str | None = "sampl
     return TokenData(ids[:-n_val], ids[-n_val:], [bytes([i]).decode("latin-1") for i in range(256)])
 
 
-__all__ += ["WORD_CLASSES", "TokenData", "grammar_corpus", "text_corpus", "hf_text"]
+class StreamTokens:
+    """Tokens streamed from a Hugging Face dataset (FineWeb-Edu by default) without holding the corpus: documents
+    are tokenized as they arrive, each followed by an end-of-text token, and packed into consecutive windows.
+
+    The first ``val_docs`` documents are the validation split (read once, kept); the training documents after them
+    are dealt round-robin to the ``world`` ranks (document ``i`` to rank ``i % world``). ``batch("train", B, T)``
+    returns this rank's next ``B`` windows of ``T + 1`` tokens in order (the generator is not used: the stream is the
+    order); ``batch("val", B, T, gen)`` draws random windows of the validation tokens. :meth:`state_dict` is the
+    position (documents read, the tokens read but not yet used), and :meth:`load_state_dict` continues from it
+    exactly — a resumed run reads the same tokens as a straight one (the skipped documents are read again, not
+    tokenized).
+
+    Args:
+        documents: ``() -> iterator of texts`` (a fresh pass over the stream each call).
+        encode: ``text -> list[int]``; ``eot``: the id appended after every document; ``vocab_size``: the model's.
+        tokenizer: what :class:`topotorch.probe.language.LM` reads text with (``None``: UTF-8 bytes).
+    """
+
+    def __init__(self, documents, encode, eot: int, vocab_size: int, tokenizer=None, val_docs: int = 200,
+                 rank: int = 0, world: int = 1):
+        if val_docs < 1:
+            raise ValueError(f"val_docs must be ≥ 1, got {val_docs}")
+        self.documents, self.encode, self.eot, self.tokenizer = documents, encode, eot, tokenizer
+        self._vocab_size, self.val_docs, self.rank, self.world = vocab_size, val_docs, rank, world
+        self.word_class = self.val_sentences = None
+        it = iter(documents())
+        val = []
+        for _ in range(val_docs):
+            try:
+                val.extend(encode(next(it)) + [eot])
+            except StopIteration:
+                break
+        self.val = torch.tensor(val, dtype=torch.long)
+        self._restart(0, [])
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def vocab(self):
+        return self.tokenizer
+
+    def _restart(self, docs: int, buffer: list[int]) -> None:
+        """Continue after ``docs`` training documents (of all ranks) with ``buffer``: this rank's tokens read but not
+        yet used. The skipped documents are read again, not tokenized."""
+        self._it = iter(self.documents())
+        for _ in range(self.val_docs + docs):
+            if next(self._it, None) is None:
+                raise ValueError("the stream is shorter than the position to continue from")
+        self._docs, self._buf, self._used = docs, list(buffer), 0
+
+    def _fill(self, need: int) -> None:
+        while len(self._buf) - self._used < need:
+            text = next(self._it, None)
+            if text is None:
+                raise ValueError(f"the stream ran out after {self.val_docs + self._docs} documents; train for fewer "
+                                 "steps or on more data")
+            mine = self._docs % self.world == self.rank
+            self._docs += 1
+            if mine:
+                self._buf.extend(self.encode(text) + [self.eot])
+
+    def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator | None = None):
+        """``x (B, T)`` and next-token targets ``y (B, T)``."""
+        if split != "train":
+            if len(self.val) <= block_size + 1:
+                raise ValueError(f"the {self.val_docs} validation documents hold {len(self.val)} tokens, fewer than "
+                                 f"block_size + 2 = {block_size + 2}: raise val_docs")
+            ix = torch.randint(len(self.val) - block_size - 1, (batch_size,), generator=generator)
+            off = torch.arange(block_size)
+            return self.val[ix[:, None] + off], self.val[ix[:, None] + off + 1]
+        n = batch_size * (block_size + 1)
+        self._fill(n)
+        w = torch.tensor(self._buf[self._used:self._used + n], dtype=torch.long).view(batch_size, block_size + 1)
+        self._buf, self._used = self._buf[self._used + n:], 0
+        return w[:, :-1], w[:, 1:]
+
+    def state_dict(self) -> dict:
+        """The position: training documents read (all ranks) and this rank's tokens read but not yet used."""
+        return {"docs": self._docs, "buffer": self._buf[self._used:]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restart(int(state["docs"]), [int(t) for t in state["buffer"]])
+
+
+def stream_tokens(name: str = "HuggingFaceFW/fineweb-edu", config: str | None = "sample-10BT", data_files=None,
+                  tokenizer: str = "gpt2", val_docs: int = 200, rank: int = 0, world: int = 1,
+                  text_field: str = "text") -> StreamTokens:
+    """:class:`StreamTokens` from ``datasets.load_dataset(name, config, streaming=True)`` (``data_files``: local
+    files instead, e.g. ``name="json"``), tokenized with GPT-2's BPE (``tokenizer="gpt2"``: the Hugging Face
+    tokenizer, 50,257 ids padded to a vocabulary of 50,304 as nanoGPT and TopoLM; end-of-text 50256), a saved
+    tokenizer folder, or ``"bytes"`` (UTF-8, vocabulary 256, documents separated by a newline). Needs the optional
+    ``datasets`` (and, for BPE, ``transformers``) packages and, for the hub, a network."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("streaming a dataset needs the optional 'datasets' package: pip install 'topotorch[data]'") from None
+    kw = {"data_files": data_files} if data_files else {}
+
+    def documents():
+        for row in datasets.load_dataset(name, config, split="train", streaming=True, **kw):
+            yield row[text_field]
+    if tokenizer == "bytes":
+        return StreamTokens(documents, lambda t: list(t.encode("utf-8")), 10, 256, None, val_docs, rank, world)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    eot = tok.eos_token_id
+    vocab = ((len(tok) + 63) // 64) * 64  # padded to a multiple of 64 (GPT-2: 50,257 → 50,304)
+    return StreamTokens(documents, lambda t: tok(t, add_special_tokens=False)["input_ids"], eot, vocab, tok,
+                        val_docs, rank, world)
+
+
+__all__ += ["WORD_CLASSES", "TokenData", "grammar_corpus", "text_corpus", "hf_text", "StreamTokens", "stream_tokens"]
 
 
 # ---- classification datasets by name ---------------------------------------------------------------

@@ -34,7 +34,7 @@ from ..hooks import record
 from ..io import check_same_config, save_model, write_json
 from ..plot import plot_arm_curves
 from ..topography import attach
-from ..train import distributed, fit, wrap_ddp
+from ..train import Callback, distributed, fit, wrap_ddp
 from . import kind
 from ..registry import Claim, claims, data_claims, front
 
@@ -45,7 +45,14 @@ __all__ = ["TopoLMConfig", "train_lm", "analyse_lm", "run_topolm"]
 class TopoLMConfig:
     recipe: str = "topolm"
     seed: int = 0
-    data: str = "grammar"            # grammar | fineweb | a text file or folder (byte-level)
+    data: str = "grammar"            # grammar | fineweb | stream | a text file or folder (byte-level)
+    # data=stream: documents streamed from a Hugging Face dataset, tokenized on the fly (StreamTokens): the corpus is
+    # never held; the position is checkpointed, so a resumed run reads the same tokens
+    stream: str = "HuggingFaceFW/fineweb-edu"
+    stream_config: str = "sample-10BT"
+    stream_files: list[str] | None = None   # local files instead of the hub (stream: json, text, parquet…)
+    tokenizer: str = "gpt2"          # gpt2 (BPE, vocabulary 50,304) | bytes | a saved tokenizer folder
+    val_docs: int = 200              # the stream's first documents, held out for validation
     n_sentences: int = 20000
     n_layer: int = 2
     n_head: int = 4
@@ -54,10 +61,12 @@ class TopoLMConfig:
     dropout: float = 0.0
     batch_size: int = 32
     grad_accum: int = 1
+    accum_over_ranks: bool = False   # grad_accum is the global count, divided among the ranks (nanoGPT, TopoLM)
     steps: int | None = 1500
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup: int = 100
+    lr_decay_steps: int | None = None  # cosine decay length (default: steps); TopoLM's config decays over 600,000
     weight_decay: float = 0.1
     beta2: float = 0.99
     grad_clip: float = 1.0
@@ -68,6 +77,7 @@ class TopoLMConfig:
     radius: float = 2.0              # sup-norm radius of sampled windows, in cells
     sheets: str = "outputs"          # outputs (attention/MLP before the residual add) | residual
     positions: str = "random"        # random (frozen permutation) | swap (TDANN pre-optimisation)
+    preopt_radius: float | None = None  # sup-norm radius of the pre-optimisation's windows (default: max(radius, 2))
     preopt_windows: int = 50
     preopt_swaps: int = 50
     arms: list[str] = field(default_factory=lambda: ["topo", "control"])
@@ -115,6 +125,10 @@ class TopoLMConfig:
 # ---- data and model --------------------------------------------------------------------------------
 
 def load_tokens(cfg: TopoLMConfig) -> D.TokenData:
+    if cfg.data == "stream":
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+        return D.stream_tokens(cfg.stream, cfg.stream_config or None, cfg.stream_files, cfg.tokenizer, cfg.val_docs,
+                               rank, world)
     if cfg.data == "grammar":
         return D.grammar_corpus(cfg.n_sentences, cfg.seed)
     if cfg.data == "fineweb":
@@ -136,7 +150,7 @@ def lr_at(step: int, cfg: TopoLMConfig) -> float:
     """Linear warmup then cosine decay from ``lr`` to ``min_lr`` (nanoGPT)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    frac = min(1.0, (step - cfg.warmup) / max(1, (cfg.lr_decay_steps or cfg.steps) - cfg.warmup))
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (cfg.lr - cfg.min_lr)
 
 
@@ -184,7 +198,7 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     if cfg.positions == "swap" and alpha > 0:
         x, _ = tokens.batch("train", 64, cfg.block_size, torch.Generator().manual_seed(cfg.seed + 99))
         info = topo.optimize_positions(x.to(device), windows=cfg.preopt_windows, swaps=cfg.preopt_swaps,
-                                       radius=max(cfg.radius, 2.0), seed=cfg.seed)
+                                       radius=cfg.preopt_radius or max(cfg.radius, 2.0), seed=cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -208,8 +222,18 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
                 "lr": lr_at(step, cfg)}
 
     gens = {"data": gen, **({"windows": topo.correlation.generator} if spatial_on else {})}
+    callbacks = []
+    if isinstance(tokens, D.StreamTokens):  # every arm reads the stream from its start; the position is checkpointed
+        tokens.load_state_dict({"docs": 0, "buffer": []})
+        callbacks.append(_StreamPosition(tokens))
+    accum = cfg.grad_accum
+    if cfg.accum_over_ranks:
+        if accum % world:
+            raise ValueError(f"grad_accum {accum} (global) is not divisible by the {world} ranks")
+        accum //= world
     res = fit(model, opt, loss_fn, cfg.steps, out=out, resume=resume, generators=gens, evaluate=evaluate_step,
-              log_every=cfg.eval_interval, checkpoint_every=cfg.checkpoint_interval, grad_accum=cfg.grad_accum,
+              callbacks=callbacks,
+              log_every=cfg.eval_interval, checkpoint_every=cfg.checkpoint_interval, grad_accum=accum,
               grad_clip=cfg.grad_clip, lr_at=lambda step: lr_at(step, cfg),
               autocast=torch.bfloat16 if cfg.dtype == "bfloat16" else None, ddp_model=net if ddp else None,
               progress=progress, desc=f"topolm[α={alpha:g}]", tensorboard=cfg.tensorboard)
@@ -223,9 +247,25 @@ def train_lm(cfg: TopoLMConfig, out, alpha: float, tokens: D.TokenData | None = 
     if rank == 0:
         save_model(model, out / "model.safetensors")
         write_json(out / "train.json", summary)
+        tok = getattr(tokens, "tokenizer", None)
+        if tok is not None and hasattr(tok, "save_pretrained"):  # the probe reads text with it
+            tok.save_pretrained(str(out.parent))
     sheets = [(n, topo.entries[k]["module"], topo.positions(n)) for k, n in enumerate(topo.names)]
     topo.remove()
     return {**summary, "model": model, "sheets": sheets, "tokens": tokens, "device": device}
+
+
+class _StreamPosition(Callback):
+    """Checkpoints a :class:`~topotorch.data.StreamTokens` position with the run (and restores it on resume)."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def state_dict(self) -> dict:
+        return self.tokens.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens.load_state_dict(state)
 
 
 @torch.no_grad()
@@ -266,7 +306,8 @@ def analyse_text(model: GPT, sheets, tokens: D.TokenData, cfg: TopoLMConfig, dev
     res["corr_r_d"] = float(np.mean([v["corr_r_d"] for v in res["sheets"].values()]))
     if stimuli:
         lays = {n: lay for n, _, lay in sheets}
-        vocab = None if tokens.vocab_size == 256 else tokens.vocab
+        vocab = getattr(tokens, "tokenizer", None) if isinstance(tokens, D.StreamTokens) else (
+            None if tokens.vocab_size == 256 else tokens.vocab)
         for key, (table, text, cond, a, b) in {"localizer": ("fedorenko", "sentence", "condition", "S", "N"),
                                                "noun_verb": ("elli", "pair", "class", "noun", "verb")}.items():
             path = D.stimulus_table(Path(stimuli) / f"{table}_stimuli.csv" if Path(stimuli).is_dir() else table)
@@ -353,8 +394,12 @@ def load_arm(run, arm: str):
         raise ValueError(f"{run / 'config.json'}: no 'config' object — not a topolm run directory")
     cfg = from_dict(TopoLMConfig, conf)
     vocab = D.grammar_corpus(cfg.n_sentences, cfg.seed).vocab if cfg.data == "grammar" else None
-    model = GPT(GPTConfig(cfg.block_size, len(vocab) if vocab else 256, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout))
     sd = read_state(run / arm / "model.safetensors")
+    if cfg.data == "stream" and cfg.tokenizer != "bytes":  # the tokenizer the run saved beside its arms
+        from ..probe.load import hf_tokenizer
+        vocab = hf_tokenizer(None, run)
+    n_vocab = int(sd["wte.weight"].shape[0]) if "wte.weight" in sd else (len(vocab) if vocab else 256)
+    model = GPT(GPTConfig(cfg.block_size, n_vocab, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout))
     pos, sd = L.split_positions(sd)
     positions = {k: L.Layout(v.double(), kind="grid") for k, v in pos.items()}
     model.load_state_dict(sd)
