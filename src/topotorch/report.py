@@ -125,7 +125,7 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
             base = int(load_recipe(c.recipe).config.get("seed", 0))
             overs = [dict(c.quick if quick else c.overrides, seed=seed) for seed in range(base, base + seeds)]
             dirs = [out / (c.run_as or c.recipe) / f"seed-{seed}" for seed in range(base, base + seeds)]
-            threads = recipe_config(c.recipe, overs[0]).threads
+            threads = getattr(recipe_config(c.recipe, overs[0]), "threads", 1)
             if batched and seeds > 1 and batch_refusal(c.recipe, [recipe_config(c.recipe, o) for o in overs]) is None:
                 row = out / (c.run_as or c.recipe)
                 batches.add(row)

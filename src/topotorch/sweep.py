@@ -117,7 +117,7 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
             if not (d / "metrics.json").is_file():
                 over = {**fixed, **params, "seed": seed}
                 resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
-                runs.add(d, recipe_config(recipe, over).threads, run_cell, recipe, str(d), over, resume,
+                runs.add(d, getattr(recipe_config(recipe, over), 'threads', 1), run_cell, recipe, str(d), over, resume,
                          progress and runs.serial)
         rows, topo_label_used = _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label)
     finally:

@@ -150,7 +150,8 @@ def lr_at(step: int, cfg: TopoLMConfig) -> float:
     """Linear warmup then cosine decay from ``lr`` to ``min_lr`` (nanoGPT)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    frac = min(1.0, (step - cfg.warmup) / max(1, (cfg.lr_decay_steps or cfg.steps) - cfg.warmup))
+    decay = getattr(cfg, "lr_decay_steps", None) or cfg.steps  # other recipes' configs share this schedule
+    frac = min(1.0, (step - cfg.warmup) / max(1, decay - cfg.warmup))
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (cfg.lr - cfg.min_lr)
 
 
