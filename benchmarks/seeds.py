@@ -31,6 +31,7 @@ def mlp_rows(sizes, steps, tmp: Path, whole: bool):
     if not whole:  # the notebook's procedure: training + analysis, no post-training stages
         over["procedure"] = "seed"
     single_one = None
+    run_recipe("independence", tmp / "warm", dict(over, steps=10), progress=False)  # imports, fonts: not timed
     for S in sizes:
         seeds = list(range(S))
         d = tmp / f"b{S}"

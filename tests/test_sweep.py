@@ -17,7 +17,8 @@ def test_parse_grid_keeps_bracketed_values_whole():
 
 @pytest.mark.slow
 def test_sweep_writes_the_front_and_an_interrupted_sweep_continues(tmp_path, monkeypatch, capsys):
-    args = ["sweep", "independence", "--set", "lam=0,0.001", "--seeds", "2", "--out", str(tmp_path / "a"), "--quiet", *FIXED]
+    args = ["sweep", "independence", "--set", "lam=0,0.001", "--seeds", "2", "--out", str(tmp_path / "a"), "--quiet",
+            "--one-by-one", *FIXED]
     assert main(args) == 0
     a = json.loads((tmp_path / "a" / "sweep.json").read_text())
     assert len(a["runs"]) == 4 and [s["control"] for s in a["settings"]] == [True, False]
@@ -49,6 +50,18 @@ def test_sweep_writes_the_front_and_an_interrupted_sweep_continues(tmp_path, mon
     assert capsys.readouterr().out.count("done before") == 2
     b = json.loads((tmp_path / "b" / "sweep.json").read_text())
     assert b["runs"] == a["runs"] and b["settings"] == a["settings"]
+
+    # batched (the default): each setting's two seeds as one program of replicas, equal to the one-by-one cells to
+    # floating-point tolerance; run again, every cell is read back
+    c_args = [x if x != str(tmp_path / "a") else str(tmp_path / "c") for x in args if x != "--one-by-one"]
+    capsys.readouterr()
+    assert main(c_args) == 0
+    assert capsys.readouterr().out.count("ran as a batch of replicas") == 4
+    c = json.loads((tmp_path / "c" / "sweep.json").read_text())
+    for ra, rc in zip(a["runs"], c["runs"]):
+        assert (ra["lam"], ra["seed"], ra["run"]) == (rc["lam"], rc["seed"], rc["run"])
+        assert rc["task"] == pytest.approx(ra["task"], rel=1e-3) and rc["topography"] == pytest.approx(ra["topography"], abs=0.02)
+    assert main(c_args) == 0 and capsys.readouterr().out.count("done before") == 4
 
 
 def test_strength_zero_is_a_valid_setting_in_every_two_arm_recipe(tmp_path):

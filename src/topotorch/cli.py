@@ -192,7 +192,7 @@ def _cmd_sweep(args) -> int:
     from .launch import parse_slurm
     sweep(args.recipe, grid, fixed, seeds=args.seeds, out=args.out or f"sweeps/{args.recipe}",
           progress=not args.quiet, strength=args.strength, jobs=args.jobs if args.jobs is not None else 1, launcher=args.launcher,
-          slurm=parse_slurm(args.slurm))
+          slurm=parse_slurm(args.slurm), batched=not args.one_by_one)
     return 0
 
 
@@ -280,6 +280,7 @@ def main(argv=None) -> int:
     sw.add_argument("--out", help="sweep directory (default sweeps/RECIPE); rerun to continue an interrupted sweep")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     _launch_arguments(sw, "cells")
+    sw.add_argument("--one-by-one", action="store_true", help="never batch a setting's seeds as replicas")
     st = sub.add_parser("stimuli", help="every arm of a language-model run on a stimulus table (= probe --stimuli)")
     st.add_argument("run", help="run directory of a language model")
     st.add_argument("--file", required=True, help="CSV table, or fedorenko / elli (TopoLM's, downloaded and cached)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-__all__ = ["LAUNCHERS", "Runs", "run_cell", "parse_slurm"]
+__all__ = ["LAUNCHERS", "Runs", "run_cell", "run_batch", "parse_slurm"]
 
 # pool: worker processes here (spawned); slurm: one submitit job per run on a Slurm cluster; submitit-local:
 # submitit's local executor, the same submission and collection path as slurm on this machine (what the tests run)
@@ -24,6 +24,13 @@ def run_cell(recipe: str, d: str, over: dict, resume: bool, progress: bool = Fal
     """One run, in whatever process executes it: its metrics (``run_recipe`` into ``d``)."""
     from .recipes import run_recipe
     return run_recipe(recipe, Path(d), over, resume=resume, progress=progress)
+
+
+def run_batch(recipe: str, dirs: list[str], overs: list[dict], root: str, resume: bool, progress: bool = False) -> list[dict]:
+    """Seeds of one config as one batched program of replicas (``recipes.run_seeds``): each run's metrics."""
+    from .recipes import run_seeds
+    ms, _ = run_seeds(recipe, [Path(d) for d in dirs], overs, Path(root), resume=resume, progress=progress)
+    return ms
 
 
 class Runs:

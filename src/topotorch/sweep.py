@@ -21,8 +21,8 @@ import numpy as np
 from .config import ConfigError, load_yaml
 from .io import atomic_write_text, read_json, write_json
 from . import registry
-from .launch import Runs, run_cell
-from .recipes import load_recipe, recipe_config
+from .launch import Runs, run_batch, run_cell
+from .recipes import batch_refusal, load_recipe, recipe_config
 
 __all__ = ["FIGURES", "parse_grid", "sweep"]
 
@@ -63,13 +63,20 @@ def _cell_name(params: dict, seed: int) -> str:
     return "_".join(p.replace("/", "-").replace(" ", "") for p in parts) + f"_seed={seed}"
 
 
-def _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label):
-    """The cells' rows in order, each read from its finished directory or collected from its run."""
-    rows, t0, ran, topo_label_used = [], time.time(), 0, topo_label
+def _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label, in_batch=None):
+    """The cells' rows in order, each read from its finished directory or collected from its run (or its batch:
+    ``in_batch`` maps a cell directory to ``(batch key, index)``)."""
+    rows, t0, ran, topo_label_used, got = [], time.time(), 0, topo_label, {}
     for i, (params, seed) in enumerate(cells, 1):
         d = out / _cell_name(params, seed)
-        if (d / "metrics.json").is_file():
+        if (d / "metrics.json").is_file() and d not in (in_batch or {}):
             m, how = read_json(d / "metrics.json", "run metrics"), "done before"
+        elif d in (in_batch or {}):
+            key, k = in_batch[d]
+            if key not in got:
+                got[key] = runs.result(key)
+            m, how = got[key][k], "ran as a batch of replicas"
+            ran += 1
         else:
             resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
             m = runs.result(d)
@@ -87,13 +94,16 @@ def _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label):
 
 
 def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, out=None, progress: bool = True,
-          strength: str | None = None, jobs: int = 1, launcher: str = "pool", slurm: dict | None = None) -> dict:
+          strength: str | None = None, jobs: int = 1, launcher: str = "pool", slurm: dict | None = None,
+          batched: bool = True) -> dict:
     """Run ``recipe`` for every combination of ``grid`` × ``seeds`` seeds (from the recipe's default seed);
     returns the ``sweep.json`` content. ``strength`` names the grid key whose 0 is the control (default: the
     first grid key). ``jobs`` > 1 runs that many cells at once in worker processes (spawned; each cell is the
     same run as in a serial sweep, so ``sweep.json`` is the same), never more threads than the machine's cores;
     ``launcher="slurm"`` submits each cell as a Slurm job through submitit (``slurm``: its parameters, e.g.
-    ``{"slurm_partition": "gpu"}``), collected through the cell directories (see :mod:`topotorch.launch`)."""
+    ``{"slurm_partition": "gpu"}``), collected through the cell directories (see :mod:`topotorch.launch`).
+    ``batched``: a setting's unfinished seeds train as one batched program of replicas where the recipe can
+    (:mod:`topotorch.replicas`; equal to single runs to floating-point tolerance), as one job."""
     r = load_recipe(recipe)
     registry.load()
     if r.kind not in FIGURES:
@@ -111,15 +121,28 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
     cells = [(p, base + k) for p in settings for k in range(seeds)]
     task_label, task_fn, topo_label, topo_fn = FIGURES[r.kind]
     runs = Runs(jobs, launcher, out / "jobs", slurm)
+    in_batch = {}
     try:
-        for params, seed in cells:  # every cell not finished before, queued at once
+        for p in settings if batched and seeds > 1 else ():  # a setting's unfinished seeds as one batch
+            todo = [(base + k, out / _cell_name(p, base + k)) for k in range(seeds)]
+            todo = [(s, d) for s, d in todo if not (d / "metrics.json").is_file()]
+            overs = [{**fixed, **p, "seed": s} for s, _ in todo]
+            if len(todo) < 2 or batch_refusal(recipe, [recipe_config(recipe, o) for o in overs]) is not None:
+                continue
+            root = out / (_cell_name(p, todo[0][0]).rsplit("_seed=", 1)[0] + "_replicas")
+            resume = (root / "checkpoints").is_dir()
+            key = str(root)
+            runs.add(key, getattr(recipe_config(recipe, overs[0]), "threads", 1), run_batch, recipe,
+                     [str(d) for _, d in todo], overs, str(root), resume, progress and runs.serial)
+            in_batch.update({d: (key, k) for k, (_, d) in enumerate(todo)})
+        for params, seed in cells:  # every other cell not finished before, queued at once
             d = out / _cell_name(params, seed)
-            if not (d / "metrics.json").is_file():
+            if not (d / "metrics.json").is_file() and d not in in_batch:
                 over = {**fixed, **params, "seed": seed}
                 resume = (d / "checkpoints").is_dir() or any(d.glob("*/checkpoints"))
                 runs.add(d, getattr(recipe_config(recipe, over), 'threads', 1), run_cell, recipe, str(d), over, resume,
                          progress and runs.serial)
-        rows, topo_label_used = _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label)
+        rows, topo_label_used = _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label, in_batch)
     finally:
         runs.close()
     summary = []
