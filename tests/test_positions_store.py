@@ -124,3 +124,19 @@ def test_draw_command_needs_only_the_weights_file(tmp_path):
     assert (tmp_path / "net.png").stat().st_size > 10_000
     (tmp_path / "x.safetensors").write_bytes(b"not a file")
     assert main(["draw", str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_casting_the_model_leaves_graph_positions_exact():
+    """model.half() / .float() cast every floating buffer; the layouts a graph reads stay the float64 positions."""
+    model = MLP([4, 20, 7])
+    g = tt.embed(model, [L.line(4), L.line(20), L.ring(7)])  # a ring's coordinates are not representable in half
+    want = [layer.layout.unit_coords.clone() for layer in g.layers]
+    model.half()
+    assert L.positions_of(model[2]).dtype == torch.float16
+    assert all(torch.equal(layer.layout.unit_coords, w) for layer, w in zip(g.layers, want))
+    model.float()
+    assert all(torch.equal(layer.layout.unit_coords, w) for layer, w in zip(g.layers, want))
+    other = MLP([4, 20, 7])
+    tt.embed(other, [L.line(4), L.line(20), L.grid(1, 7)])
+    model.load_state_dict({k: v.float() for k, v in other.state_dict().items()})  # new positions are read
+    assert not torch.equal(g.layers[2].layout.unit_coords, want[2])

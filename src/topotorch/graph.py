@@ -95,6 +95,12 @@ class NeuronLayer:
         key = (id(pos), pos._version)
         if key != self._seen:
             c = pos.detach().double().cpu()
+            if pos.dtype != torch.float64 and self._layout is not None and any(
+                    torch.equal(pos.detach().cpu(), self._layout.unit_coords.to(d).to(pos.dtype))
+                    for d in (pos.dtype, torch.float32, torch.bfloat16, torch.float16)):
+                # the model was cast (model.half(), then .float() …): the same positions, rounded; keep them exact
+                self._seen = key
+                return self._layout
             m = c.shape[0] // self.fold
             if c.shape[0] % self.fold or not torch.equal(c, c[:m].repeat(self.fold, 1)):
                 raise ValueError(f"layer {self.name!r} has fold {self.fold}, but the {c.shape[0]} positions on "
