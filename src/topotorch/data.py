@@ -465,10 +465,10 @@ class StreamTokens:
         for _ in range(self.val_docs + docs):
             if next(self._it, None) is None:
                 raise ValueError("the stream is shorter than the position to continue from")
-        self._docs, self._buf, self._used = docs, list(buffer), 0
+        self._docs, self._buf = docs, list(buffer)
 
     def _fill(self, need: int) -> None:
-        while len(self._buf) - self._used < need:
+        while len(self._buf) < need:
             text = next(self._it, None)
             if text is None:
                 raise ValueError(f"the stream ran out after {self.val_docs + self._docs} documents; train for fewer "
@@ -489,13 +489,13 @@ class StreamTokens:
             return self.val[ix[:, None] + off], self.val[ix[:, None] + off + 1]
         n = batch_size * (block_size + 1)
         self._fill(n)
-        w = torch.tensor(self._buf[self._used:self._used + n], dtype=torch.long).view(batch_size, block_size + 1)
-        self._buf, self._used = self._buf[self._used + n:], 0
+        w = torch.tensor(self._buf[:n], dtype=torch.long).view(batch_size, block_size + 1)
+        del self._buf[:n]  # the buffer holds only tokens read but not yet used
         return w[:, :-1], w[:, 1:]
 
     def state_dict(self) -> dict:
         """The position: training documents read (all ranks) and this rank's tokens read but not yet used."""
-        return {"docs": self._docs, "buffer": self._buf[self._used:]}
+        return {"docs": self._docs, "buffer": list(self._buf)}
 
     def load_state_dict(self, state: dict) -> None:
         self._restart(int(state["docs"]), [int(t) for t in state["buffer"]])

@@ -20,6 +20,7 @@ Long runs drift apart in the last digits as any two BLAS builds do.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
@@ -232,7 +233,6 @@ def unstack(stacked: StackedMLP, optimizer: torch.optim.Optimizer | None = None)
         if optimizer is None:
             opts.append(None)
             continue
-        import inspect
         accepted = inspect.signature(type(optimizer).__init__).parameters
         group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params" and k in accepted}
         opt = type(optimizer)(list(m.parameters()), **group)
