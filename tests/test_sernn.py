@@ -44,6 +44,19 @@ def test_small_worldness_on_graphs_with_known_values():
     assert M.small_worldness(sw)["sigma"] > 3  # a small world: clustered, short paths
 
 
+def test_small_worldness_equals_networkx_to_the_last_bit():
+    # scipy's compiled searches replace networkx's Python ones: the same numbers, on connected and split graphs
+    rng = np.random.default_rng(0)
+    for n, p in ((100, 0.1), (60, 0.03), (40, 0.5), (30, 0.06)):
+        A = np.triu(rng.random((n, n)) < p, 1)
+        A = A | A.T
+        G = nx.from_numpy_array(A.astype(np.int8))
+        big = G.subgraph(max(nx.connected_components(G), key=len))
+        C, L = M._clustering_and_path_length(A)
+        assert C == nx.average_clustering(G)
+        assert L == nx.average_shortest_path_length(big)
+
+
 def test_batched_networks_equal_separate_ones():
     from topotorch.experiments.sernn import BatchedRNN, maze_task
     x, y = maze_task(3, 2, 3)

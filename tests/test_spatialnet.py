@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +125,26 @@ def test_paired_tasks_get_new_partners_every_epoch():
     assert torch.equal(d.epoch_data(1)[0], x1)  # deterministic per epoch
     seq = S.two_task_data(["digits", "mnist1d"], "sequential", 0)
     assert seq.epoch_data(3)[0] is seq.x_train
+
+
+def test_mnist1d_cache_returns_the_generated_data_and_survives_a_damaged_file(tmp_path, monkeypatch):
+    import contextlib
+    import io
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    from topotorch import data as D
+    monkeypatch.setenv("HOME", str(tmp_path))
+    D._mnist1d_arrays.cache_clear()
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = make_dataset(get_dataset_args())
+    first = D.mnist1d()
+    (f,) = (tmp_path / ".cache" / "topotorch" / "mnist1d").glob("*.npz")
+    f.write_bytes(b"damaged")
+    D._mnist1d_arrays.cache_clear()
+    again = D.mnist1d()
+    first.x_train += 1  # a caller's changes do not reach the next caller
+    for s in (D.mnist1d(), again):
+        assert np.array_equal(s.x_train.numpy(), ref["x"].astype(np.float32))
+        assert np.array_equal(s.y_test.numpy(), ref["y_test"])
+    D._mnist1d_arrays.cache_clear()

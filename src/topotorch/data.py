@@ -1,6 +1,8 @@
 """Datasets. Everything here works offline; real downloads live beside the offline defaults."""
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,21 +171,48 @@ def digits(seed: int = 0, test_fraction: float = 0.2, flat: bool = False) -> Spl
 def mnist1d(seed: int = 0, flat: bool = True) -> Split:
     """MNIST-1D (Greydanus 2020), generated locally with the published arguments (4000 + 1000 samples, 40 dims).
 
-    The published train/test split is kept; ``seed`` is accepted for a uniform signature.
+    The published train/test split is kept; ``seed`` is accepted for a uniform signature. Generating takes a few
+    seconds, so the arrays are kept for the process and in ``~/.cache/topotorch/mnist1d`` (keyed by the package
+    version and its arguments; a damaged file is regenerated).
     """
+    x, y, n = (a.copy() for a in _mnist1d_arrays())
+    x = x if flat else x[:, None, :]
+    return _cls_split(x, y, np.arange(n), np.arange(n, len(x)))
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:  # pragma: no cover - it is a dependency
         raise ImportError("mnist1d is needed: pip install mnist1d") from e
     import contextlib
+    import hashlib
+    import importlib.metadata
     import io
+    import json
+    from pathlib import Path
+    args = get_dataset_args()
+    key = json.dumps([importlib.metadata.version("mnist1d"), vars(args)], sort_keys=True, default=str)
+    path = Path.home() / ".cache" / "topotorch" / "mnist1d" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    try:
+        with np.load(path) as f:
+            return f["x"], f["y"], f["n"]
+    except Exception:  # not cached yet, or unreadable: generate it
+        pass
     with contextlib.redirect_stdout(io.StringIO()):
-        d = make_dataset(get_dataset_args())
+        d = make_dataset(args)
     x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
-    x = x if flat else x[:, None, :]
     y = np.concatenate([d["y"], d["y_test"]])
-    n = len(d["x"])
-    return _cls_split(x, y, np.arange(n), np.arange(n, len(x)))
+    n = np.asarray(len(d["x"]))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, x=x, y=y, n=n)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: generate each time
+        pass
+    return x, y, n
 
 
 MNIST_FILES = {
