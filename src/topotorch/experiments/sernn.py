@@ -67,10 +67,13 @@ class BatchedRNN(nn.Module):
     def forward(self, x: torch.Tensor, states: bool = False):
         """``x (B, T, n_in)`` → logits ``(k, B, n_out)`` (and hidden states ``(k, B, T, n)``)."""
         inp = torch.einsum("bti,kin->tkbn", x, self.U) + self.b            # (T, k, B, n), each step contiguous
-        h = torch.relu(inp[0])
+        # unbind, not inp[t]: one backward stacks the T step gradients, where T selects would each fill a zero
+        # tensor of inp's size (quadratic in T; 5× the whole step at T = 25)
+        steps = inp.unbind(0)
+        h = torch.relu(steps[0])
         hs = [h]
         for t in range(1, x.shape[1]):
-            h = torch.relu(torch.baddbmm(inp[t], h, self.W))
+            h = torch.relu(torch.baddbmm(steps[t], h, self.W))
             hs.append(h)
         out = torch.bmm(h, self.V) + self.c
         return (out, torch.stack(hs, 2)) if states else out
