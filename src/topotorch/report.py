@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import platform
 import time
 from datetime import datetime, timezone
@@ -81,6 +82,16 @@ def _previous_run_seconds(out: Path, quick: bool) -> dict[str, float]:
         return {}
 
 
+def _typical_run_seconds(quick: bool) -> dict[str, float]:
+    """Seconds per run of each row as measured when the package was made (``reproduce_seconds.json``): the order
+    to start runs in, not an estimate for this machine."""
+    try:
+        table = json.loads((Path(__file__).parent / "reproduce_seconds.json").read_text())["seconds"]
+        return table["quick" if quick else "full"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
 def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: list[float], jobs: int = 1) -> str:
     """``elapsed m:ss; about m:ss left`` — the runs left times their row's seconds per run (measured this time or
     in the last report here; rows never timed get the mean run so far), shared among ``jobs`` workers."""
@@ -100,7 +111,9 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     default seed (``S, S+1, …``). ``data_dir`` adds the claims of :func:`data_claims` (real data); ``sweeps``
     adds the task-vs-topography :func:`fronts`. ``jobs`` > 1 runs that many runs at once in worker processes
     (never more threads than cores); ``launcher="slurm"`` submits each run as a Slurm job (:mod:`topotorch.launch`).
-    Every run is the same as in a serial reproduction, so the report is too (times aside). ``batched``: a row whose
+    Every run uses one thread, whatever its recipe's ``threads`` (meant for a run alone), and the cores are filled
+    with runs instead — two 1-thread runs do 1.4× the work of one 2-thread run on 2 cores (tdann, sernn measured) —
+    so every run is the same as in a serial reproduction, and the report is too (times aside). ``batched``: a row whose
     recipe can train its seeds as one batched program of replicas does so (:mod:`topotorch.replicas`; equal to
     single runs to floating-point tolerance), as one job."""
     seeds = seeds if seeds is not None else (3 if quick else 5)
@@ -121,11 +134,16 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     runs = Runs(jobs, launcher, out / "jobs", slurm)
     try:
         batches = set()
-        for c in chosen:  # queued at once; with workers they start as cores free up, collected in order below
+        # queued at once, the longest runs first (so that no long run starts last, alone); with workers they start
+        # as cores free up; collected in the report's order below
+        hint = {**_typical_run_seconds(quick), **known}
+        for c in sorted(chosen, key=lambda c: -hint.get(c.run_as or c.recipe, 0.0)):
             base = int(load_recipe(c.recipe).config.get("seed", 0))
             overs = [dict(c.quick if quick else c.overrides, seed=seed) for seed in range(base, base + seeds)]
             dirs = [out / (c.run_as or c.recipe) / f"seed-{seed}" for seed in range(base, base + seeds)]
-            threads = getattr(recipe_config(c.recipe, overs[0]), "threads", 1)
+            if hasattr(recipe_config(c.recipe, overs[0]), "threads"):
+                overs = [dict(o, threads=1) for o in overs]
+            threads = 1
             if batched and seeds > 1 and batch_refusal(c.recipe, [recipe_config(c.recipe, o) for o in overs]) is None:
                 row = out / (c.run_as or c.recipe)
                 batches.add(row)
@@ -197,7 +215,7 @@ def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=fro
 def _write(out: Path, rows: list[dict], front: list, quick: bool, t0: float, not_run: list[str]) -> list[dict]:
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick, "rule": RULE,
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": torch.get_num_threads(), "seconds": round(time.time() - t0, 1), "not_run": not_run}
+            "cpus": os.cpu_count(), "threads_per_run": 1, "seconds": round(time.time() - t0, 1), "not_run": not_run}
     atomic_write_text(out / "report.json", json.dumps({"meta": meta, "rows": rows, "fronts": front}, indent=1))
     atomic_write_text(out / "report.md", _markdown(rows, meta, front))
     atomic_write_text(out / "report.html", _html(rows, meta, out, front))
