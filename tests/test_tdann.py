@@ -35,3 +35,30 @@ def test_mnist_sized_sheets_with_a_stride_two_stem_and_the_data_row():
     from topotorch.report import data_claims
     rows = {c.run_as: c for c in data_claims(SHARED / "data")}
     assert rows["tdann-cnn-mnist"].overrides["stride"] == 2 and rows["tdann-cnn-mnist"].data.startswith("MNIST")
+
+
+def test_a_second_arm_reuses_the_swap_search_only_from_the_same_start():
+    import torch
+
+    from topotorch import attach
+    from topotorch.experiments.common import optimize_once
+    from topotorch.experiments.tdann import TopoCNN
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def arm(memo, seed):
+        torch.manual_seed(seed)
+        m = TopoCNN(1, 8, (4, 8), 10)
+        topo = attach(m, ["conv1", "conv2"], units="locations", example_input=x[:2], alpha=0.0, seed=0)
+        calls = []
+        info = optimize_once(memo, topo, lambda: calls.append(1) or topo.optimize_positions(x, windows=5, swaps=5))
+        return {n: topo.positions(n).coords for n in ("conv1", "conv2")}, info, len(calls)
+
+    fresh, info, n = arm({}, 0)
+    memo = {}
+    arm(memo, 0)
+    same, info2, n2 = arm(memo, 0)
+    drop = lambda i: {k: {kk: vv for kk, vv in v.items() if kk != "seconds"} for k, v in i.items()}
+    assert (n, n2) == (1, 0) and drop(info2) == drop(info) and info["conv1"]["accepted"] > 0
+    assert all(torch.equal(fresh[k], same[k]) for k in fresh)   # the copied positions are the search's own
+    other, _, n3 = arm(memo, 1)                                  # other initial weights: searched again
+    assert n3 == 1 and all(torch.equal(other[k], arm({}, 1)[0][k]) for k in other)

@@ -137,7 +137,8 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
         # queued at once, the longest runs first (so that no long run starts last, alone); with workers they start
         # as cores free up; collected in the report's order below
         hint = {**_typical_run_seconds(quick), **known}
-        for c in sorted(chosen, key=lambda c: -hint.get(c.run_as or c.recipe, 0.0)):
+        order = sorted(chosen, key=lambda c: -hint.get(c.run_as or c.recipe, 0.0))
+        for c in order:
             base = int(load_recipe(c.recipe).config.get("seed", 0))
             overs = [dict(c.quick if quick else c.overrides, seed=seed) for seed in range(base, base + seeds)]
             dirs = [out / (c.run_as or c.recipe) / f"seed-{seed}" for seed in range(base, base + seeds)]
@@ -152,7 +153,9 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
                 continue
             for d, over in zip(dirs, overs):
                 runs.add(d, threads, _timed_run, c.recipe, str(d), over, progress and runs.serial)
-        rows = _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches)
+        # collected in the order they started (what the progress lines follow), reported in the claims' order
+        got = dict(zip(map(id, order), _collect(order, quick, seeds, out, runs, t0, known, done, left, batches)))
+        rows = [got[id(c)] for c in chosen]
     finally:
         runs.close()
     front = fronts(out, quick, min(seeds, 3), data_dir, progress) if sweeps else []

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..io import check_same_config, write_json
+from ..layout import POSITIONS
 
 
 def start_run(cfg, out, resume: bool = False, **extra) -> Path:
@@ -31,6 +32,25 @@ def check_length(cfg) -> None:
         raise ValueError(f"steps must be ≥ 1, got {cfg.steps}")
     if getattr(cfg, "epochs", 1) < 1:
         raise ValueError(f"epochs must be ≥ 1, got {cfg.epochs}")
+
+
+def optimize_once(memo: dict, topo, search) -> dict:
+    """``search()`` — ``topo``'s swap pre-optimisation — in the first arm of a comparison; a later arm whose
+    model and positions are the same as the first's were before its search (same initial weights: the same seeded
+    search gives the same result) gets the found positions copied instead of searching again. Returns the
+    search's info. ``memo``: a dict kept across the arms."""
+    model = topo.model
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if "state" in memo and before.keys() == memo["state"].keys() and all(
+            torch.equal(before[k], memo["state"][k]) for k in before):
+        for e in topo.entries:
+            getattr(e["owner"], POSITIONS).copy_(memo["found"][e["name"]])
+        topo.refresh()
+        return memo["info"]
+    info = search()
+    memo.update(state=before, info=info,
+                found={e["name"]: getattr(e["owner"], POSITIONS).detach().clone() for e in topo.entries})
+    return info
 
 
 def run_arms(arms, seed: int, one) -> tuple[dict, dict, float]:

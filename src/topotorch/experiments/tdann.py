@@ -26,7 +26,7 @@ from ..topography import attach
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
 from ..registry import Claim, claims, data_claims, front
-from .common import arm_steps, check_length, run_arms, start_run
+from .common import arm_steps, check_length, optimize_once, run_arms, start_run
 
 
 @dataclass
@@ -100,12 +100,15 @@ def run_tdann(cfg: TDANNConfig, out, resume: bool = False, progress: bool = True
     batches = Batches(len(data.x_train), cfg.batch_size, cfg.seed)
     steps = arm_steps(cfg, batches.per_epoch)
 
+    searched = {}
+
     def one(arm):
         model = TopoCNN(data.x_train.shape[1], size, tuple(cfg.channels), len(data.output_names), cfg.stride)
         topo = attach(model, list(SHEETS), units="locations", example_input=data.x_train[:2],
                       alpha=cfg.alpha if arm == "topo" else 0.0, mode=cfg.mode, seed=cfg.seed)
-        pre = topo.optimize_positions(data.x_train[:256], windows=cfg.preopt_windows, swaps=cfg.preopt_swaps,
-                                      seed=cfg.seed)  # the same positions in both arms: same weights, same responses
+        # the same positions in both arms: same weights, same responses (searched once)
+        pre = optimize_once(searched, topo, lambda: topo.optimize_positions(
+            data.x_train[:256], windows=cfg.preopt_windows, swaps=cfg.preopt_swaps, seed=cfg.seed))
         opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr)
         spatial = topo if arm == "topo" and cfg.alpha > 0 else None  # α = 0: the topo arm is a second control
 

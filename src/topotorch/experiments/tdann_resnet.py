@@ -39,7 +39,7 @@ from ..registry import Claim, claims
 from ..topography import attach
 from ..train import Batches, accuracy, fit, make_optimizer
 from . import kind
-from .common import arm_steps, check_length, run_arms, start_run
+from .common import arm_steps, check_length, optimize_once, run_arms, start_run
 
 __all__ = ["TDANNResNetConfig", "run_tdann_resnet", "SHEETS"]
 
@@ -147,12 +147,15 @@ def run_tdann_resnet(cfg: TDANNResNetConfig, out, resume: bool = False, progress
     # by tens of points from one step to the next
     cosine = lambda step: cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
 
+    searched = {}  # the control arm reuses the topographic arm's search (same start, same result)
+
     def one(arm):
         model = ResNet18(classes=len(names), width=cfg.width, in_channels=1)
         topo = attach(model, list(SHEETS), units="locations", example_input=xtr[:2],
                       alpha=cfg.alpha if arm == "topo" else 0.0, mode=cfg.mode, seed=cfg.seed)
         # the same positions in both arms: same initial weights, same grating responses, same seeded search
-        pre = (topo.optimize_positions(g.images, windows=cfg.preopt_windows, swaps=cfg.preopt_swaps, seed=cfg.seed)
+        pre = (optimize_once(searched, topo, lambda: topo.optimize_positions(
+            g.images, windows=cfg.preopt_windows, swaps=cfg.preopt_swaps, seed=cfg.seed))
                if cfg.preopt_windows and cfg.preopt_swaps else {})
         opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr)
         spatial = topo if arm == "topo" and cfg.alpha > 0 else None
