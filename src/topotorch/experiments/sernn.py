@@ -131,10 +131,11 @@ def _analyse(model: BatchedRNN, cfg: SeRNNConfig, x: torch.Tensor, y: torch.Tens
         a = choice_period[k]
         active = a.std(0) > 1e-8
         mixed = 0
-        for u in np.nonzero(active)[0]:
-            pg = stats.f_oneway(*[a[goal == v, u] for v in np.unique(goal)]).pvalue
-            po = stats.f_oneway(*[a[opts == v, u] for v in np.unique(opts)]).pvalue
-            mixed += bool(pg < 0.05 and po < 0.05)
+        if active.any():  # one ANOVA per active unit, all units at once (a unit per row)
+            aT = np.ascontiguousarray(a[:, active].T)
+            pg = stats.f_oneway(*[aT[:, goal == v] for v in np.unique(goal)], axis=1).pvalue
+            po = stats.f_oneway(*[aT[:, opts == v] for v in np.unique(opts)], axis=1).pvalue
+            mixed = int(((pg < 0.05) & (po < 0.05)).sum())
         res.append({**labels[k], "accuracy": float(acc[k]), "modularity_q": M.louvain_q(W, seed=cfg.seed),
                     "small_worldness": sw["sigma"], "clustering": sw["clustering"], "path_length": sw["path_length"],
                     "mixed_selectivity": mixed / max(1, int(active.sum())), "energy": float(hs[k].abs().mean()),
