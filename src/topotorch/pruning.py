@@ -96,7 +96,7 @@ def prune_with_refit(graph, model, loss: Callable[[], torch.Tensor], limit: floa
         with torch.no_grad():
             W[idx] = 0.0
         masks = Masks(model)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             loss().backward()

@@ -224,7 +224,7 @@ def setup(cfg: BIMTConfig) -> Setup:
     # Swaps use the training cost; only the l1-swap ablation (no distance term in training) needs the
     # geometry for relocation, or its swaps would all be no-ops.
     reloc_cost = cost if local_on else WiringCost(graph, A=cfg.A, **cost_args)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     lam_at = piecewise(cfg.lam if l1_on else 0.0, cfg.lam_schedule, cfg.steps)
     return Setup(data, lossf, model, graph, cost, reloc_cost, opt, lam_at, swap_on, l1_on)
 
@@ -245,7 +245,7 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
     sts = [setup(c) for c in cfgs]
     outs = [start_run(c, o, resume) for c, o in zip(cfgs, outs)]
     stacked = StackedMLP([st.model for st in sts])
-    opt = torch.optim.AdamW(stacked.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(stacked.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     running = RunningLosses(S)
     callbacks = [StackedPenalty(stacked, [st.cost for st in sts], sts[0].lam_at, int(cfg.bias_penalty_start * cfg.steps)),
                  running]

@@ -109,7 +109,7 @@ def train_arm(cfg: GPTBIMTConfig, arm: str, tokens: D.TokenData, out: Path, resu
     model = GPT(GPTConfig(cfg.block_size, tokens.vocab_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout))
     graph = gpt_graph(model)
     cost = WiringCost(graph, A=cfg.A, l0=cfg.l0, bias=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=0.0, foreach=True)
     callbacks = []
     if arm != "control":
         lam = cfg.lam

@@ -153,7 +153,7 @@ def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bo
             b.mlp.gelu = nn.GELU(approximate="tanh")
         graph = incontext_graph(model)
         cost = WiringCost(graph, A=cfg.A, l0=cfg.l0, reduction=cfg.reduction)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
         callbacks = []
         if arm == "bimt":
             callbacks.append(WiringPenalty(cost, piecewise(cfg.lam, cfg.lam_schedule, cfg.steps)))

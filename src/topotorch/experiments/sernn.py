@@ -165,7 +165,7 @@ def run_sernn(cfg: SeRNNConfig, out, resume: bool = False, progress: bool = True
         l10 = model.W.abs().sum((1, 2))
     lam = torch.tensor([lab["strength"] for lab in labels]) * cfg.scale
     lam_l1 = lam * c0 / l10
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # elementwise: the same as one Adam per network
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, foreach=True)  # elementwise: the same as one Adam per network
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def loss_fn(step, micro):
