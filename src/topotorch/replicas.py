@@ -10,7 +10,8 @@ PyTorch, not by arithmetic, so ``S`` seeds stacked into batched tensors (``(S, o
   stack — and its Adam moments through :class:`ReplicaOptimizer`;
 - the wiring-cost gradient is added to the stacked gradients in one operation per layer (every replica has the
   same layouts, so the same distance factors);
-- losses, test figures, logs and costs are per replica.
+- losses, test figures, logs and costs are per replica;
+- token models (:class:`StackedTokenMLP`) stack each replica's embedding too, with its own L1 term.
 
 Elementwise steps (AdamW, the penalty, relocation) are the same arithmetic as a single run; the forward and backward
 pass go through batched matrix products, whose summation order may differ from ``nn.Linear``'s in the last bits.
@@ -30,7 +31,7 @@ from torch import nn
 from .graph import ELEMENTWISE, IN_PERM, OUT_PERM
 from .train import Callback
 
-__all__ = ["StackedMLP", "ReplicaOptimizer", "StackedPenalty", "RunningLosses", "replica_losses", "unstack"]
+__all__ = ["StackedMLP", "StackedTokenMLP", "ReplicaOptimizer", "StackedPenalty", "RunningLosses", "replica_losses", "unstack"]
 
 
 class _BatchedLinear(torch.autograd.Function):
@@ -111,6 +112,60 @@ class StackedMLP(nn.Module):
         """``(replica s's parameter, its stacked parameter)`` for every weight and bias."""
         lin = [x for x in self.replicas[s] if isinstance(x, nn.Linear)]
         return ([(x.weight, W) for x, W in zip(lin, self.weights)] + [(x.bias, b) for x, b in zip(lin, self.biases)])
+
+    def module(self, s: int) -> nn.Module:
+        """Replica ``s``'s own model (what a single run trains)."""
+        return self.replicas[s]
+
+    @torch.no_grad()
+    def release(self, s: int) -> None:
+        """Give replica ``s`` tensors of its own again: copies of its slices."""
+        m = self.replicas[s]
+        for x in m:
+            if isinstance(x, nn.Linear):
+                for name in ("weight", "bias"):
+                    x._parameters[name] = nn.Parameter(x._parameters[name].detach().clone())
+        m._buffers[IN_PERM] = m._buffers[IN_PERM].clone()
+        m._buffers[OUT_PERM] = m._buffers[OUT_PERM].clone()
+
+
+class StackedTokenMLP(StackedMLP):
+    """``S`` :class:`~topotorch.models.TokenMLP` replicas (BIMT's token tasks): each replica's embedding
+    ``(vocab, dim)`` stacked as ``(S, vocab, dim)`` ahead of the stacked MLP of their embedded ``.mlp``;
+    ``forward(tokens (S, N, n_tokens) long) → (S, N, out)``. A replica's embedding lookup and its backward (rows
+    accumulated in the order of its tokens) are the single model's; its ``.embedding`` aliases its slice."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        if not models or any(not hasattr(m, "embedding") or not hasattr(m, "mlp") for m in models):
+            raise ValueError("StackedTokenMLP stacks TokenMLPs (an .embedding and an embedded .mlp each)")
+        super().__init__([m.mlp for m in models])
+        shapes = {(tuple(m.embedding.shape), m.n_tokens) for m in models}
+        if len(shapes) != 1:
+            raise ValueError(f"replicas must share one embedding shape and token count, got {sorted(shapes)}")
+        self.owners, self.n_tokens = list(models), models[0].n_tokens
+        self.embedding = nn.Parameter(torch.stack([m.embedding.detach() for m in models]).clone())
+        for s, m in enumerate(models):
+            m._parameters["embedding"] = nn.Parameter(self.embedding.data[s], requires_grad=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 3 or tokens.shape[2] != self.n_tokens or tokens.is_floating_point():
+            raise ValueError(f"StackedTokenMLP takes (replicas, batch, {self.n_tokens}) integer tokens, got "
+                             f"{tuple(tokens.shape)} {tokens.dtype}")
+        S = tokens.shape[0]
+        e = self.embedding[torch.arange(S, device=tokens.device)[:, None, None], tokens]  # (S, N, n_tokens, dim)
+        return super().forward(e.flatten(2))
+
+    def pairs(self, s: int) -> list[tuple[torch.Tensor, nn.Parameter]]:
+        return [(self.owners[s].embedding, self.embedding)] + super().pairs(s)
+
+    def module(self, s: int) -> nn.Module:
+        return self.owners[s]
+
+    @torch.no_grad()
+    def release(self, s: int) -> None:
+        super().release(s)
+        m = self.owners[s]
+        m._parameters["embedding"] = nn.Parameter(m._parameters["embedding"].detach().clone())
 
 
 class ReplicaOptimizer:
@@ -223,13 +278,9 @@ def unstack(stacked: StackedMLP, optimizer: torch.optim.Optimizer | None = None)
     AdamW/Adam), an optimizer of the same class and settings holding its slice of the state, so that a replica
     continues exactly as a single run would. Returns the replicas' optimizers (``None`` without one)."""
     opts = []
-    for s, m in enumerate(stacked.replicas):
-        for x in m:
-            if isinstance(x, nn.Linear):
-                for name in ("weight", "bias"):
-                    x._parameters[name] = nn.Parameter(x._parameters[name].detach().clone())
-        m._buffers[IN_PERM] = m._buffers[IN_PERM].clone()
-        m._buffers[OUT_PERM] = m._buffers[OUT_PERM].clone()
+    for s in range(stacked.S):
+        stacked.release(s)
+        m = stacked.module(s)
         if optimizer is None:
             opts.append(None)
             continue

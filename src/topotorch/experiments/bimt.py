@@ -237,14 +237,16 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
     from ..io import atomic_write_text
     from ..plot import read_log
     from ..registry import NotBatchable
-    from ..replicas import ReplicaOptimizer, RunningLosses, StackedMLP, StackedPenalty, replica_losses, unstack
+    from ..replicas import (ReplicaOptimizer, RunningLosses, StackedMLP, StackedPenalty, StackedTokenMLP,
+                            replica_losses, unstack)
     why = bimt_batchable(cfgs)
     if why:
         raise NotBatchable(why)
     cfg, S = cfgs[0], len(cfgs)
     sts = [setup(c) for c in cfgs]
     outs = [start_run(c, o, resume) for c, o in zip(cfgs, outs)]
-    stacked = StackedMLP([st.model for st in sts])
+    tokens = TASKS[cfg.task].tokens
+    stacked = (StackedTokenMLP if tokens else StackedMLP)([st.model for st in sts])
     opt = torch.optim.AdamW(stacked.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     running = RunningLosses(S)
     callbacks = [StackedPenalty(stacked, [st.cost for st in sts], sts[0].lam_at, int(cfg.bias_penalty_start * cfg.steps)),
@@ -258,8 +260,12 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
     x, y = torch.stack([st.data.x_train for st in sts]), torch.stack([st.data.y_train for st in sts])
     xt, yt = torch.stack([st.data.x_test for st in sts]), torch.stack([st.data.y_test for st in sts])
 
+    reduce = (lambda E: E.mean((1, 2))) if cfg.reduction == "mean" else (lambda E: E.sum((1, 2)))
+
     def loss_fn(step, micro):
         losses = batched(stacked(x), y)
+        if tokens and sts[0].l1_on:  # each replica's l0·|E| term, as embedding_penalty's of a single run
+            losses = losses + sts[0].lam_at(step) * (cfg.l0 * reduce(stacked.embedding.abs()))
         running.add(losses)
         return losses.sum()
 
@@ -287,9 +293,10 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
         for r in ([relocs[s]] if relocs else []):
             r.optimizer = opts[s]
         model, xs, ys = st.model, st.data.x_train, st.data.y_train
+        emb_l1 = embedding_penalty(c, model) if st.l1_on else (lambda step: 0.0)
 
-        def loss_one(step, micro, model=model, xs=xs, ys=ys):
-            return lossf(model(xs), ys)
+        def loss_one(step, micro, model=model, xs=xs, ys=ys, st=st, emb_l1=emb_l1):  # run_bimt's loss_fn
+            return lossf(model(xs), ys) + st.lam_at(step) * emb_l1(step)
         m = after_training(c, o, st, loss_one, info["seconds"] / S, resume, progress)
         m.update({"replicas": S, "batch_seconds": round(info["seconds"], 2)})  # the batch's training, shared
         write_json(o / "metrics.json", m)
@@ -303,9 +310,6 @@ def bimt_batchable(cfgs: list[BIMTConfig]) -> str | None:
     base = dataclasses.replace(cfgs[0], seed=0)
     if any(dataclasses.replace(c, seed=0) != base for c in cfgs):
         return "the configs differ in more than the seed"
-    if TASKS[base.task].tokens:
-        return (f"{base.task} learns token embeddings (one per seed, with their own L1 term): its seeds run one at a "
-                "time")
     if base.tensorboard:
         return "TensorBoard logs are per run"
     if len({c.seed for c in cfgs}) != len(cfgs):
