@@ -297,9 +297,8 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
 
         def loss_one(step, micro, model=model, xs=xs, ys=ys, st=st, emb_l1=emb_l1):  # run_bimt's loss_fn
             return lossf(model(xs), ys) + st.lam_at(step) * emb_l1(step)
-        m = after_training(c, o, st, loss_one, info["seconds"] / S, resume, progress)
-        m.update({"replicas": S, "batch_seconds": round(info["seconds"], 2)})  # the batch's training, shared
-        write_json(o / "metrics.json", m)
+        m = after_training(c, o, st, loss_one, info["seconds"] / S, resume, progress,
+                           record={"replicas": S, "batch_seconds": round(info["seconds"], 2)})  # the batch's, shared
         results.append(m)
     return results
 
@@ -381,9 +380,9 @@ def _evaluator(cfg: BIMTConfig, model, data: D.Split):
 
 
 def after_training(cfg: BIMTConfig, out: Path, st: Setup, loss_fn, seconds: float, resume: bool = False,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, record: dict | None = None) -> dict:
     """Everything after the main training: pruning to a budget, the masked fine-tune, retrained cuts, the final
-    sweep (beyond the seed's procedure), then :func:`finish_bimt`."""
+    sweep (beyond the seed's procedure), then :func:`finish_bimt` (``record``: more fields for metrics.json)."""
     model, graph, lossf, opt, cost, reloc_cost = st.model, st.graph, st.lossf, st.opt, st.cost, st.reloc_cost
     x, y = st.data.x_train, st.data.y_train
     extra = {}
@@ -406,7 +405,7 @@ def after_training(cfg: BIMTConfig, out: Path, st: Setup, loss_fn, seconds: floa
     if cfg.final_sweep and st.swap_on and beyond:
         extra["wiring_cost_before_sweep"] = float(reloc_cost.value().detach())
         extra["wiring_cost_after_sweep"] = final_sweep(model, graph, reloc_cost)
-    return finish_bimt(cfg, out, model, graph, st.data, seconds, extra)
+    return finish_bimt(cfg, out, model, graph, st.data, seconds, {**extra, **(record or {})})
 
 
 def embedding_penalty(cfg: BIMTConfig, model):
