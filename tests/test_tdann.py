@@ -1,4 +1,9 @@
+import json
+
+import numpy as np
 import pytest
+
+from topotorch.cli import main
 
 
 @pytest.mark.slow
@@ -62,3 +67,22 @@ def test_a_second_arm_reuses_the_swap_search_only_from_the_same_start():
     assert all(torch.equal(fresh[k], same[k]) for k in fresh)   # the copied positions are the search's own
     other, _, n3 = arm(memo, 1)                                  # other initial weights: searched again
     assert n3 == 1 and all(torch.equal(other[k], arm({}, 1)[0][k]) for k in other)
+
+
+# (the tdann_run fixture's tests share this file, so that a parallel run trains it once)
+@pytest.mark.slow
+def test_tdann_cnn_reports_orientation_and_category_maps_for_both_arms(tdann_run, tmp_path):
+    run, m = tdann_run
+    for arm in ("topo", "control"):
+        for key in ("orientation_smoothness", "orientation_local", "osi", "pinwheel_density", "category_morans_i",
+                    "category_patches", "wiring_ratio"):
+            assert np.isfinite(m[f"{key}_{arm}"]), (key, arm)
+    assert m["category_morans_i_topo"] > m["category_morans_i_control"]  # held on 5/5 seeds (README)
+    for f in ("orientation_maps.png", "category_maps.png", "probe.json"):
+        assert (run / f).stat().st_size > 0
+    # the run directory is probe-able as it is, with the same figures
+    assert main(["probe", str(run), "--gratings", "--permutations", "49", "--out", str(tmp_path / "p")]) == 0
+    doc = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert doc["models"] == ["topo", "control"]
+    for arm in ("topo", "control"):
+        assert doc["results"][arm]["gratings"]["orientation_smoothness"] == pytest.approx(m[f"orientation_smoothness_{arm}"])
