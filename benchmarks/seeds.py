@@ -8,10 +8,8 @@ one run at a time (``run_recipe``). Printed per S: the main training phase alone
 run (the post-training stages — pruning to a budget, the masked fine-tune, retrained cuts, the final sweep and the
 analysis — run seed by seed in both), as seconds and as ratios to one single run.
 
-The transformer rows (BIMT's in-context regression, 2 blocks d 32) time one training step of S replicas stacked
-with ``torch.func`` (``stack_module_state`` + ``vmap`` over ``functional_call``) against S separate steps; that
-recipe trains its seeds one at a time (its relocation and pruning act on heads and a shared residual stream), so
-these rows measure what batching would give it.
+The transformer rows: the same for BIMT's in-context regression (2 blocks, d 32; both arms of every seed), its
+seeds stacked by :class:`~topotorch.replicas.StackedModule` (bit-identical to single runs).
 """
 from __future__ import annotations
 
@@ -55,42 +53,33 @@ def mlp_rows(sizes, steps, tmp: Path, whole: bool):
         shutil.rmtree(tmp / f"s{S}", ignore_errors=True)
 
 
-def transformer_rows(sizes, steps: int = 50):
-    from torch.func import functional_call, grad, stack_module_state, vmap
-    from topotorch.gpt import GPTConfig
-    from topotorch.models import RegressionTransformer
-    cfg = GPTConfig(block_size=8, vocab_size=1, n_layer=2, n_head=1, n_embd=32, bias=True)
-    x = torch.randn(64, 5, 2)
-    one = None
+def transformer_rows(sizes, steps, tmp: Path):
+    """The in-context recipe (both arms per seed) at ``steps`` steps: S seeds as one stacked program
+    (``StackedModule``) vs one run at a time."""
+    over = {"steps": steps, "eval_interval": max(1, steps // 4), "checkpoint_interval": 10 ** 6}
+    run_recipe("in-context", tmp / "warm", dict(over, steps=10), progress=False)  # imports: not timed
+    single_one = None
     for S in sizes:
-        models = [RegressionTransformer(cfg, 2, 2) for _ in range(S)]
-        params, buffers = stack_module_state(models)
-        base = models[0]
-
-        def loss(p, b, xb):
-            return (functional_call(base, (p, b), (xb,)) - xb).pow(2).mean()
-        step = vmap(grad(loss), in_dims=(0, 0, None))
-        opt = torch.optim.AdamW(list(params.values()), lr=1e-3)
-        for _ in range(3):
-            step(params, buffers, x)
+        seeds = list(range(S))
+        d = tmp / f"t{S}"
         t = time.perf_counter()
-        for _ in range(steps):
-            g = step(params, buffers, x)
-            for k, v in params.items():
-                v.grad = g[k]
-            opt.step()
-        batched = (time.perf_counter() - t) / steps
-        opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in models]
+        ms, how = run_seeds("in-context", [d / f"seed-{s}" for s in seeds], [dict(over, seed=s) for s in seeds],
+                            d / "replicas", progress=False, batched=S > 1)
+        whole_b = time.perf_counter() - t
+        train_b = ms[0]["batch_seconds"] if S > 1 else sum(a["seconds"] for a in ms[0]["arms"].values())
         t = time.perf_counter()
-        for _ in range(steps):
-            for m, o in zip(models, opts):
-                (m(x) - x).pow(2).mean().backward()
-                o.step()
-                o.zero_grad()
-        single = (time.perf_counter() - t) / steps
-        one = one or single / S
-        print(f"| in-context transformer (one step) | {S} | {batched * 1e3:.1f} ms | {single * 1e3:.1f} ms | "
-              f"{batched / one:.2f}× | {single / batched:.1f}× | — | — | — | — |", flush=True)
+        train_s = 0.0
+        for s in seeds:
+            m = run_recipe("in-context", tmp / f"u{S}" / f"seed-{s}", dict(over, seed=s), progress=False)
+            train_s += sum(a["seconds"] for a in m["arms"].values())
+        whole_s = time.perf_counter() - t
+        if single_one is None:
+            single_one = (train_s / S, whole_s / S)
+        print(f"| in-context (2 arms) | {S} | {train_b:.1f} s | {train_s:.1f} s | {train_b / single_one[0]:.2f}× | "
+              f"{train_s / train_b:.1f}× | {whole_b:.1f} s | {whole_s:.1f} s | {whole_b / single_one[1]:.2f}× | "
+              f"{whole_s / whole_b:.1f}× |", flush=True)
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(tmp / f"u{S}", ignore_errors=True)
 
 
 def main():
@@ -98,6 +87,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the recipes pin 1)")
     ap.add_argument("--steps", type=int, default=4000, help="training steps per run (the recipe: 20000)")
     ap.add_argument("--sizes", default="1,5,20")
+    ap.add_argument("--transformer-steps", type=int, default=1000, help="in-context steps per run (the recipe: 40000)")
     ap.add_argument("--whole", action="store_true", help="the recipe's full procedure (pruning to a budget, fine-tune, "
                                                          "retrained cuts, final sweep per seed) instead of the notebook's")
     args = ap.parse_args()
@@ -110,7 +100,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         mlp_rows(sizes, args.steps, Path(tmp), args.whole)
-    transformer_rows(sizes)
+        transformer_rows(sizes, args.transformer_steps, Path(tmp))
 
 
 if __name__ == "__main__":

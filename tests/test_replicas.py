@@ -54,6 +54,7 @@ def test_two_moon_replicas_cross_entropy_and_accuracy_equal_single_runs(tmp_path
     assert all("test_accuracy" in m for m in ms)
 
 
+@pytest.mark.slow
 def test_token_task_replicas_stack_their_embeddings_and_l1_terms_and_equal_single_runs(tmp_path):
     # modular addition: each seed's embedding (vocab 59 × 32) with its own l0·|E| term, relocation, pruning and the
     # embedding analysis per seed
@@ -62,6 +63,31 @@ def test_token_task_replicas_stack_their_embeddings_and_l1_terms_and_equal_singl
         single = json.loads((tmp_path / f"s{s}" / "metrics.json").read_text())
         assert m["embedding_dims_active"] == single["embedding_dims_active"]
         assert "embedding" in read_state(tmp_path / f"b{s}" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_in_context_transformer_replicas_of_both_arms_equal_single_runs_bit_for_bit(tmp_path):
+    # every Linear stacked, the replicas' batches one after another through the attention: the same arithmetic
+    over = {"steps": 200, "eval_interval": 100}
+    ms, how = run_seeds("in-context", [tmp_path / f"b{s}" for s in (0, 1)], [dict(over, seed=s) for s in (0, 1)],
+                        tmp_path / "batch", progress=False)
+    assert how == "batched"
+    for s, m in zip((0, 1), ms):
+        single = run_recipe("in-context", tmp_path / f"s{s}", dict(over, seed=s), progress=False)
+        for arm in ("bimt", "control"):
+            A = read_state(tmp_path / f"b{s}" / arm / "model.safetensors")
+            B = read_state(tmp_path / f"s{s}" / arm / "model.safetensors")
+            assert set(A) == set(B) and all(torch.equal(A[k], B[k]) for k in A), (s, arm)
+            la = (tmp_path / f"b{s}" / arm / "log.csv").read_text().splitlines()
+            lb = (tmp_path / f"s{s}" / arm / "log.csv").read_text().splitlines()
+            assert la[0] == lb[0] and len(la) == len(lb)
+        strip = lambda d: {k: v for k, v in d.items() if "seconds" not in k and k not in ("arms", "replicas")}
+        assert strip(m) == strip(single) and m["replicas"] == 4
+    # what the stacked model cannot hold is refused by name
+    assert "layernorm" in batch_refusal("in-context", [recipe_config("in-context", {"seed": s, "layernorm": True})
+                                                      for s in (0, 1)])
+    assert "swap_interval" in batch_refusal("in-context", [recipe_config("in-context", {"seed": s, "swap_interval": 50})
+                                                          for s in (0, 1)])
 
 
 def test_stacked_forward_and_gradients_match_each_replica():

@@ -29,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .graph import ELEMENTWISE, IN_PERM, OUT_PERM
+from .layout import POSITIONS
 from .train import Callback
 
-__all__ = ["StackedMLP", "StackedTokenMLP", "ReplicaOptimizer", "StackedPenalty", "RunningLosses", "replica_losses", "unstack"]
+__all__ = ["StackedMLP", "StackedTokenMLP", "StackedLinear", "StackedModule", "ReplicaOptimizer", "StackedPenalty",
+           "RunningLosses", "replica_losses", "unstack"]
 
 
 class _BatchedLinear(torch.autograd.Function):
@@ -168,6 +170,115 @@ class StackedTokenMLP(StackedMLP):
         m._parameters["embedding"] = nn.Parameter(m._parameters["embedding"].detach().clone())
 
 
+class _BatchedLinearNoBias(torch.autograd.Function):
+    """``x (S, N, in) @ W (S, out, in)ᵀ``, backward formed as ``F.linear``'s (see :class:`_BatchedLinear`)."""
+
+    @staticmethod
+    def forward(ctx, x, W):
+        ctx.save_for_backward(x, W)
+        return torch.bmm(x, W.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved_tensors
+        return torch.bmm(g, W), torch.bmm(g.transpose(1, 2), x)
+
+
+class StackedLinear(nn.Module):
+    """``S`` replicas' ``nn.Linear`` (one shape) as one layer on inputs whose leading dimension holds the replicas'
+    batches one after another: ``(S·B, …, in) → (S·B, …, out)``, one batched product."""
+
+    def __init__(self, linears: Sequence[nn.Linear]):
+        super().__init__()
+        self.S = len(linears)
+        if len({(tuple(x.weight.shape), x.bias is None) for x in linears}) != 1:
+            raise ValueError("stacked Linear layers must share one shape and whether they have a bias")
+        self.weight = nn.Parameter(torch.stack([x.weight.detach() for x in linears]).clone())
+        self.bias = (nn.Parameter(torch.stack([x.bias.detach() for x in linears]).clone())
+                     if linears[0].bias is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        if shape[0] % self.S:
+            raise ValueError(f"a leading dimension of {shape[0]} does not hold {self.S} replicas' equal batches")
+        h = x.reshape(self.S, -1, shape[-1])
+        y = (_BatchedLinear.apply(h, self.weight, self.bias) if self.bias is not None
+             else _BatchedLinearNoBias.apply(h, self.weight))
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+
+class StackedModule(nn.Module):
+    """``S`` replicas of one architecture run as one module: a copy of the first whose every ``nn.Linear`` is a
+    :class:`StackedLinear` over the replicas' (each replica's weight and bias then alias its slice, as in
+    :class:`StackedMLP`). ``forward(x (S·B, …)) → (S·B, …)``: the replicas' batches one after another.
+
+    Every other submodule must hold no parameters or buffers (a LayerNorm's or BatchNorm's would be shared, not
+    per replica: refused; unit positions equal in every replica are allowed) and act on each sample alone — attention, activations, residual sums do — so that the
+    concatenated batches pass through it as each replica's would."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        import copy
+        if not models:
+            raise ValueError("no replicas given")
+        first = models[0]
+        self.names = [n for n, m in first.named_modules() if isinstance(m, nn.Linear)]
+        for n, m in first.named_modules():
+            if isinstance(m, nn.Linear):
+                continue
+            # unit positions (a graph's or a topography's) are data, not state: shared when every replica's agree
+            own = list(m.named_parameters(recurse=False)) + [
+                (k, b) for k, b in m.named_buffers(recurse=False)
+                if k != POSITIONS or not all(torch.equal(b, x.get_submodule(n).get_buffer(k)) for x in models)]
+            if own:
+                raise ValueError(f"replicas can be stacked through their Linear layers only: {n or 'the model'} "
+                                 f"({type(m).__name__}) holds {', '.join(k for k, _ in own)}")
+        for k, m in enumerate(models):
+            if [n for n, x in m.named_modules() if isinstance(x, nn.Linear)] != self.names:
+                raise ValueError(f"replica {k} has other Linear layers than replica 0: replicas must share one "
+                                 "architecture")
+        self.S, self.replicas = len(models), list(models)
+        self.net = copy.deepcopy(first)
+        for n in self.names:
+            parent, _, leaf = n.rpartition(".")
+            setattr(self.net.get_submodule(parent) if parent else self.net, leaf,
+                    StackedLinear([m.get_submodule(n) for m in models]))
+        for s, m in enumerate(models):  # alias every replica's tensors into the stacks
+            for n in self.names:
+                x, st = m.get_submodule(n), self.net.get_submodule(n)
+                x._parameters["weight"] = nn.Parameter(st.weight.data[s], requires_grad=False)
+                if st.bias is not None:
+                    x._parameters["bias"] = nn.Parameter(st.bias.data[s], requires_grad=False)
+
+    def forward(self, *args, **kwargs):
+        return self.net(*args, **kwargs)
+
+    def stacked(self, name: str) -> StackedLinear:
+        """The stacked layer of the replicas' Linear ``name``."""
+        return self.net.get_submodule(name)
+
+    def pairs(self, s: int) -> list[tuple[torch.Tensor, nn.Parameter]]:
+        """``(replica s's parameter, its stacked parameter)`` for every weight and bias."""
+        out = []
+        for n in self.names:
+            x, st = self.replicas[s].get_submodule(n), self.stacked(n)
+            out.append((x.weight, st.weight))
+            if st.bias is not None:
+                out.append((x.bias, st.bias))
+        return out
+
+    def module(self, s: int) -> nn.Module:
+        return self.replicas[s]
+
+    @torch.no_grad()
+    def release(self, s: int) -> None:
+        for n in self.names:
+            x = self.replicas[s].get_submodule(n)
+            for name in ("weight", "bias"):
+                if x._parameters.get(name) is not None:
+                    x._parameters[name] = nn.Parameter(x._parameters[name].detach().clone())
+
+
 class ReplicaOptimizer:
     """What relocation needs of an optimizer, for replica ``s`` of a stacked one: ``.state`` maps the replica's
     parameters to views of its slice of the stacked per-parameter state (Adam's moments), which
@@ -191,8 +302,12 @@ class StackedPenalty(Callback):
     same elementwise arithmetic as :class:`~topotorch.train.WiringPenalty` on each replica. ``costs``: the replicas'
     :class:`~topotorch.costs.WiringCost` (equal geometry; the first gives the factors), logged per replica."""
 
-    def __init__(self, stacked: StackedMLP, costs: Sequence, lam_at: Callable[[int], float], bias_start: int = 0):
+    def __init__(self, stacked: StackedMLP, costs: Sequence, lam_at: Callable[[int], float], bias_start: int = 0,
+                 rows: slice | None = None):
+        # rows: the replicas the penalty applies to (all by default); stacked: anything with .weights and .biases
+        # lists of stacked parameters in the order of the graph's weights
         self.stacked, self.costs, self.lam_at, self.bias_start = stacked, list(costs), lam_at, bias_start
+        self.rows = rows if rows is not None else slice(None)
 
     @torch.no_grad()
     def before_step(self, step: int) -> None:
@@ -202,16 +317,16 @@ class StackedPenalty(Callback):
         cost, bias = self.costs[0], step >= self.bias_start
         cost._sync()
         for k, w in enumerate(cost.graph.weights):
-            W = self.stacked.weights[k]
+            W, r = self.stacked.weights[k], self.rows
             f = cost._factors(k, W[0])[1]  # (out, in): every replica has the same layouts
             if W.grad is None:
                 W.grad = torch.zeros_like(W)
-            W.grad.addcmul_(torch.sign(W), f, value=scale)
+            W.grad[r].addcmul_(torch.sign(W[r]), f, value=scale)
             b, bs = self.stacked.biases[k], cost._bscale[k]
             if bias and w.bias is not None and bs:
                 if b.grad is None:
                     b.grad = torch.zeros_like(b)
-                b.grad.add_(torch.sign(b), alpha=scale * cost.l0 * bs)
+                b.grad[r].add_(torch.sign(b[r]), alpha=scale * cost.l0 * bs)
 
     def log(self, step: int) -> dict:
         with torch.no_grad():

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import torch
@@ -135,50 +137,45 @@ SWEEP_FIGURES = ("test MSE of the in-context y after pruning (wiring arm)",
                     lambda m: m["modularity_q_bimt"])
 
 
-@kind("in-context", InContextConfig, figures=SWEEP_FIGURES)
-def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bool = True) -> dict:
-    cfg = cfg.resolved()
-    out = start_run(cfg, out, resume)
+def _build(cfg: InContextConfig):
+    """A run's data and, per arm, its model, graph and wiring cost, from the random state a run always uses."""
     data = D.in_context_regression(cfg.seed, cfg.n_tasks, cfg.d, cfg.pairs, cfg.train_fraction)
-    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
-    # the context-free baseline: predicting y_last without its context (w is symmetric about 0: predict 0)
-    baseline = float((yt[:, -1, 0] ** 2).mean())
     gcfg = GPTConfig(block_size=2 * cfg.pairs, vocab_size=1, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd, bias=True)
-    arms, models = {}, {}
+    built = {}
     for arm in cfg.arms:
         torch.manual_seed(cfg.seed)
         model = RegressionTransformer(gcfg, cfg.d + 1, cfg.d + 1, cfg.layernorm)
         for b in model.blocks:       # GELU as the notebook's tanh approximation
             b.mlp.gelu = nn.GELU(approximate="tanh")
         graph = incontext_graph(model)
-        cost = WiringCost(graph, A=cfg.A, l0=cfg.l0, reduction=cfg.reduction)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
-        callbacks = []
-        if arm == "bimt":
-            callbacks.append(WiringPenalty(cost, piecewise(cfg.lam, cfg.lam_schedule, cfg.steps)))
-            if cfg.swap_interval:
-                callbacks.append(Relocation(graph, cost, opt, cfg.swap_interval, cfg.top_k, "greedy"))
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1)
+        built[arm] = (model, graph, WiringCost(graph, A=cfg.A, l0=cfg.l0, reduction=cfg.reduction))
+    return data, built
 
-        def loss_fn(step, micro, model=model, gen=gen):
-            idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
-            return ((model(x[idx])[:, ::2, 0] - y[idx][:, ::2, 0]) ** 2).mean()
 
-        res = fit(model, opt, loss_fn, cfg.steps, out=out / arm, resume=resume, generators={"data": gen},
-                  callbacks=callbacks, evaluate=lambda step, model=model: {"test_mse_last": _mse_last(model, xt, yt)},
-                  log_every=cfg.eval_interval, checkpoint_every=cfg.checkpoint_interval, progress=progress,
-                  desc=f"in-context[{arm}]")
-        save_model(model, out / arm / "model.safetensors")
-        r = {"test_mse_last": _mse_last(model, xt, yt), "train_mse_last": _mse_last(model, x, y),
-             "seconds": round(res["seconds"], 1)}
-        snap = M.threshold(model, cfg.threshold)
-        r.update({"test_mse_last_pruned": _mse_last(model, xt, yt), "params_kept": snap.kept,
-                  "params_total": snap.total, "modularity_q": M.modularity(graph, 0.0, "louvain", seed=cfg.seed)[0],
-                  "wiring_length": M.wiring_length(graph, 0.0, gap=cfg.l0), **survivors(model, graph, 0.0)})
-        snap.revert()
-        models[arm] = (model, graph)
-        arms[arm] = r
+def _batches(cfg: InContextConfig) -> torch.Generator:
+    return torch.Generator().manual_seed(cfg.seed * 7919 + 1)  # each arm the same minibatches
+
+
+def _arm_result(cfg: InContextConfig, model, graph, data, out: Path, seconds: float) -> dict:
+    """One trained arm's figures (before and after pruning at the threshold); its model saved in ``out``."""
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    save_model(model, out / "model.safetensors")
+    r = {"test_mse_last": _mse_last(model, xt, yt), "train_mse_last": _mse_last(model, x, y),
+         "seconds": round(seconds, 1)}
+    snap = M.threshold(model, cfg.threshold)
+    r.update({"test_mse_last_pruned": _mse_last(model, xt, yt), "params_kept": snap.kept,
+              "params_total": snap.total, "modularity_q": M.modularity(graph, 0.0, "louvain", seed=cfg.seed)[0],
+              "wiring_length": M.wiring_length(graph, 0.0, gap=cfg.l0), **survivors(model, graph, 0.0)})
+    snap.revert()
+    return r
+
+
+def _finish(cfg: InContextConfig, out: Path, data, models: dict, arms: dict) -> dict:
+    """The run's figures and ``metrics.json`` from its trained arms (``models``: arm → (model, graph))."""
+    xt, yt = data.x_test, data.y_test
+    # the context-free baseline: predicting y_last without its context (w is symmetric about 0: predict 0)
+    baseline = float((yt[:, -1, 0] ** 2).mean())
     _draw(models, arms, cfg, out / "circuit.png")
     _predictions(models, xt, yt, out / "predictions.png")
     plot_arm_curves({a: out / a / "log.csv" for a in cfg.arms}, "test_mse_last", out / "curves.png",
@@ -189,6 +186,129 @@ def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bo
                                        "modularity_q", "wiring_length")))
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def incontext_batchable(cfgs: list[InContextConfig]) -> str | None:
+    """Why these configs cannot train as one batch of replicas (``None``: they can)."""
+    base = dataclasses.replace(cfgs[0], seed=0)
+    if any(dataclasses.replace(c, seed=0) != base for c in cfgs):
+        return "the configs differ in more than the seed"
+    if len({c.seed for c in cfgs}) != len(cfgs):
+        return "two replicas share a seed"
+    if base.layernorm:
+        return "layernorm: true gives every replica LayerNorm parameters, which the stacked model does not hold"
+    if base.swap_interval:
+        return "swap_interval > 0 relocates each replica's stream and MLP units, which the stacked model does not do"
+    return None
+
+
+def run_in_context_replicas(cfgs: list[InContextConfig], outs: list, root, resume: bool = False,
+                            progress: bool = True) -> list[dict]:
+    """Several seeds of one in-context config — both arms of each — trained as one batched program
+    (:class:`~topotorch.replicas.StackedModule`: every Linear stacked, the replicas' batches one after another
+    through the attention); each seed's initial weights, data, minibatches and wiring penalty are its own, and each
+    run directory is what a single run writes (each arm's ``log.csv`` split from the batch's)."""
+    from ..io import atomic_write_text
+    from ..plot import read_log
+    from ..registry import NotBatchable
+    from ..replicas import RunningLosses, StackedModule, StackedPenalty, unstack
+    why = incontext_batchable(cfgs)
+    if why:
+        raise NotBatchable(why)
+    cfgs = [c.resolved() for c in cfgs]
+    cfg = cfgs[0]
+    outs = [start_run(c, o, resume) for c, o in zip(cfgs, outs)]
+    runs = [_build(c) for c in cfgs]
+    reps = [(i, arm) for arm in cfg.arms for i in range(len(cfgs))]  # the wiring arm's replicas first
+    R, B = len(reps), cfg.batch_size
+    stacked = StackedModule([runs[i][1][arm][0] for i, arm in reps])
+    opt = torch.optim.AdamW(stacked.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
+    running = RunningLosses(R)
+    callbacks = [running]
+    n_wiring = sum(arm == "bimt" for _, arm in reps)
+    if n_wiring:
+        graph0 = runs[0][1]["bimt"][1]
+        names = {id(m): n for n, m in runs[0][1]["bimt"][0].named_modules()}
+        layers = [stacked.stacked(names[id(w.module)]) for w in graph0.weights]
+        callbacks.insert(0, StackedPenalty(SimpleNamespace(weights=[x.weight for x in layers],
+                                                           biases=[x.bias for x in layers]),
+                                           [runs[i][1]["bimt"][2] for i, arm in reps if arm == "bimt"],
+                                           piecewise(cfg.lam, cfg.lam_schedule, cfg.steps), rows=slice(0, n_wiring)))
+    gens = [_batches(cfgs[i]) for i, _ in reps]
+    xs, ys = [runs[i][0].x_train for i, _ in reps], [runs[i][0].y_train for i, _ in reps]
+    xt, yt = torch.cat([runs[i][0].x_test for i, _ in reps]), torch.cat([runs[i][0].y_test for i, _ in reps])
+
+    def loss_fn(step, micro):
+        idx = [torch.randint(len(x), (B,), generator=g) for x, g in zip(xs, gens)]
+        xb, yb = torch.cat([x[j] for x, j in zip(xs, idx)]), torch.cat([y[j] for y, j in zip(ys, idx)])
+        losses = ((stacked(xb)[:, ::2, 0] - yb[:, ::2, 0]) ** 2).view(R, -1).mean(1)
+        running.add(losses)
+        return losses.sum()
+
+    def evaluate(step):
+        with torch.no_grad():
+            err = ((stacked(xt)[:, -1, 0] - yt[:, -1, 0]) ** 2).view(R, -1).mean(1)
+        return {f"test_mse_last/{r}": float(v) for r, v in enumerate(err)}
+    info = fit(stacked, opt, loss_fn, cfg.steps, out=root, resume=resume, callbacks=callbacks,
+               generators={f"data/{r}": g for r, g in enumerate(gens)}, evaluate=evaluate,
+               log_every=cfg.eval_interval, checkpoint_every=cfg.checkpoint_interval, progress=progress,
+               desc=f"in-context × {len(cfgs)} seeds × {len(cfg.arms)} arms")
+    unstack(stacked)
+    log = read_log(root / "log.csv")
+    results = []
+    for i, (c, o) in enumerate(zip(cfgs, outs)):
+        data, built = runs[i]
+        arms, models = {}, {}
+        for arm in c.arms:
+            r = reps.index((i, arm))
+            cols = {"step": log["step"], "train_loss": log[f"train_loss/{r}"], "test_mse_last": log[f"test_mse_last/{r}"]}
+            if arm == "bimt":  # the columns (and order) of a single run's log
+                cols.update({"cost": log[f"cost/{r}"], "lam": log["lam"]})
+            (o / arm).mkdir(parents=True, exist_ok=True)
+            lines = [",".join(cols)] + [",".join(str(int(v)) if k == "step" else repr(float(v)) for k, v in
+                                                 ((k, cols[k][n]) for k in cols)) for n in range(len(log["step"]))]
+            atomic_write_text(o / arm / "log.csv", "\n".join(lines) + "\n")
+            model, graph, _ = built[arm]
+            arms[arm] = _arm_result(c, model, graph, data, o / arm, info["seconds"] / R)
+            models[arm] = (model, graph)
+        m = _finish(c, o, data, models, arms)
+        m.update({"replicas": R, "batch_seconds": round(info["seconds"], 2)})
+        write_json(o / "metrics.json", m)
+        results.append(m)
+    return results
+
+
+run_in_context_replicas.batchable = incontext_batchable
+
+
+@kind("in-context", InContextConfig, figures=SWEEP_FIGURES, replicas=run_in_context_replicas)
+def run_in_context(cfg: InContextConfig, out, resume: bool = False, progress: bool = True) -> dict:
+    cfg = cfg.resolved()
+    out = start_run(cfg, out, resume)
+    data, built = _build(cfg)
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    arms, models = {}, {}
+    for arm in cfg.arms:
+        model, graph, cost = built[arm]
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
+        callbacks = []
+        if arm == "bimt":
+            callbacks.append(WiringPenalty(cost, piecewise(cfg.lam, cfg.lam_schedule, cfg.steps)))
+            if cfg.swap_interval:
+                callbacks.append(Relocation(graph, cost, opt, cfg.swap_interval, cfg.top_k, "greedy"))
+        gen = _batches(cfg)
+
+        def loss_fn(step, micro, model=model, gen=gen):
+            idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
+            return ((model(x[idx])[:, ::2, 0] - y[idx][:, ::2, 0]) ** 2).mean()
+
+        res = fit(model, opt, loss_fn, cfg.steps, out=out / arm, resume=resume, generators={"data": gen},
+                  callbacks=callbacks, evaluate=lambda step, model=model: {"test_mse_last": _mse_last(model, xt, yt)},
+                  log_every=cfg.eval_interval, checkpoint_every=cfg.checkpoint_interval, progress=progress,
+                  desc=f"in-context[{arm}]")
+        arms[arm] = _arm_result(cfg, model, graph, data, out / arm, res["seconds"])
+        models[arm] = (model, graph)
+    return _finish(cfg, out, data, models, arms)
 
 
 def _draw(models, arms, cfg, path):
