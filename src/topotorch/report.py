@@ -112,7 +112,8 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     adds the task-vs-topography :func:`fronts`. ``jobs`` > 1 runs that many runs at once in worker processes
     (never more threads than cores); ``launcher="slurm"`` submits each run as a Slurm job (:mod:`topotorch.launch`).
     Every run uses one thread, whatever its recipe's ``threads`` (meant for a run alone), and the cores are filled
-    with runs instead — two 1-thread runs do 1.4× the work of one 2-thread run on 2 cores (tdann, sernn measured) —
+    with runs instead — two 1-thread runs do 1.4× the work of one 2-thread run on 2 cores (measured on the two
+    heaviest 2-thread recipes) —
     so every run is the same as in a serial reproduction, and the report is too (times aside). ``batched``: a row whose
     recipe can train its seeds as one batched program of replicas does so (:mod:`topotorch.replicas`; equal to
     single runs to floating-point tolerance), as one job."""
