@@ -80,6 +80,9 @@ def test_reproduce_prints_elapsed_time_and_an_estimate_of_the_rest(tmp_path):
     # rows timed this run or in the last report use their own time per run; others the mean run so far
     assert _eta(65, {"a": 2, "b": 1}, {"a": 10.0}, [20.0]) == "elapsed 1:05; about 0:40 left"
     assert _eta(600, {"a": 1, "b": 0}, {"a": 125.0, "b": 1.0}, []) == "elapsed 10:00; about 2:05 left"
+    # rows not timed yet: the packaged typical time, scaled by how this machine did on the rows done (c took twice
+    # its typical time, so b's three runs take 2 × 5 s each), not the mean run so far (20 s)
+    assert _eta(0, {"b": 3, "c": 0}, {"c": 20.0}, [20.0], 1, {"b": 5.0, "c": 10.0}, ["c"]) == "elapsed 0:00; about 0:30 left"
     (tmp_path / "report.json").write_text(json.dumps({"meta": {"quick": True}, "rows": [
         {"recipe": "a", "seconds": 30.0, "seeds": [0, 1, 2]}]}))
     assert _previous_run_seconds(tmp_path, True) == {"a": 10.0} and _previous_run_seconds(tmp_path, False) == {}

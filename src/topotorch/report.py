@@ -92,14 +92,21 @@ def _typical_run_seconds(quick: bool) -> dict[str, float]:
         return {}
 
 
-def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: list[float], jobs: int = 1) -> str:
+def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: list[float], jobs: int = 1,
+         typical: dict[str, float] | None = None, done_rows: list[str] = ()) -> str:
     """``elapsed m:ss; about m:ss left`` — the runs left times their row's seconds per run (measured this time or
-    in the last report here; rows never timed get the mean run so far), shared among ``jobs`` workers."""
+    in the last report here), shared among ``jobs`` workers. Rows not timed yet: their ``typical`` seconds (the
+    packaged table) scaled by how this machine compares on the rows done (``done_rows``, one name per ``done``
+    entry), else the mean run so far — which the longest-first order would overestimate."""
     fmt = lambda x: f"{int(x // 60)}:{int(x % 60):02d}"
     mean = sum(done) / len(done) if done else None
-    if mean is None and not all(name in known for name, n in left.items() if n):
+    pairs = [(typical[r], d) for r, d in zip(done_rows, done) if typical and r in typical]
+    scale = sum(d for _, d in pairs) / sum(t for t, _ in pairs) if pairs and sum(t for t, _ in pairs) > 0 else None
+    per = lambda name: (known[name] if name in known else typical[name] * scale
+                        if scale is not None and name in typical else mean)
+    if any(per(name) is None for name, n in left.items() if n):
         return f"elapsed {fmt(elapsed)}; time left estimated after the first run"
-    rest = sum(n * known.get(name, mean or 0.0) for name, n in left.items()) / max(1, jobs)
+    rest = sum(n * per(name) for name, n in left.items() if n) / max(1, jobs)
     return f"elapsed {fmt(elapsed)}; about {fmt(rest)} left"
 
 
@@ -180,15 +187,15 @@ def _timed_batch(recipe: str, dirs: list[str], overs: list[dict], root: str, pro
 
 
 def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=frozenset()) -> list[dict]:
-    rows, batched = [], {}
+    rows, batched, done_rows, typical = [], {}, [], _typical_run_seconds(quick)
     for k, c in enumerate(chosen, 1):
         name = c.run_as or c.recipe
         base = int(load_recipe(c.recipe).config.get("seed", 0))
         seed_list = [base + i for i in range(seeds)]
         per_seed, figs, row_seconds = [], {}, 0.0
         for seed in seed_list:
-            print(f"[{k}/{len(chosen)}] {name}, seed {seed} … ({_eta(time.time() - t0, left, known, done, runs.jobs)})",
-                  flush=True)
+            eta = _eta(time.time() - t0, left, known, done, runs.jobs, typical, done_rows)
+            print(f"[{k}/{len(chosen)}] {name}, seed {seed} … ({eta})", flush=True)
             if out / name in batches:  # the row's seeds ran as one batch: take this seed's share
                 if out / name not in batched:
                     batched[out / name] = iter(runs.result(out / name))
@@ -196,6 +203,7 @@ def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=fro
             else:
                 m, secs = runs.result(out / name / f"seed-{seed}")
             done.append(secs)
+            done_rows.append(name)
             row_seconds += secs
             known.setdefault(name, done[-1])
             left[name] -= 1
