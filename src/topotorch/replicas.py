@@ -213,8 +213,9 @@ class StackedModule(nn.Module):
     :class:`StackedMLP`). ``forward(x (S·B, …)) → (S·B, …)``: the replicas' batches one after another.
 
     Every other submodule must hold no parameters or buffers (a LayerNorm's or BatchNorm's would be shared, not
-    per replica: refused; unit positions equal in every replica are allowed) and act on each sample alone — attention, activations, residual sums do — so that the
-    concatenated batches pass through it as each replica's would."""
+    per replica: refused; unit positions equal in every replica are allowed) and act on each sample alone —
+    attention, activations, residual sums do — so that the concatenated batches pass through it as each replica's
+    would."""
 
     def __init__(self, models: Sequence[nn.Module]):
         super().__init__()
