@@ -141,26 +141,29 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     left = {(c.run_as or c.recipe): seeds for c in chosen}
     runs = Runs(jobs, launcher, out / "jobs", slurm)
     try:
-        batches = set()
-        # queued at once, the longest runs first (so that no long run starts last, alone); with workers they start
-        # as cores free up; collected in the report's order below
-        hint = {**_typical_run_seconds(quick), **known}
-        order = sorted(chosen, key=lambda c: -hint.get(c.run_as or c.recipe, 0.0))
-        for c in order:
+        batches, plan = set(), {}
+        for c in chosen:
             base = int(load_recipe(c.recipe).config.get("seed", 0))
             overs = [dict(c.quick if quick else c.overrides, seed=seed) for seed in range(base, base + seeds)]
             dirs = [out / (c.run_as or c.recipe) / f"seed-{seed}" for seed in range(base, base + seeds)]
             if hasattr(recipe_config(c.recipe, overs[0]), "threads"):
                 overs = [dict(o, threads=1) for o in overs]
-            threads = 1
-            if batched and seeds > 1 and batch_refusal(c.recipe, [recipe_config(c.recipe, o) for o in overs]) is None:
+            one = batched and seeds > 1 and batch_refusal(c.recipe, [recipe_config(c.recipe, o) for o in overs]) is None
+            plan[id(c)] = (overs, dirs, one)
+        # queued at once, the longest jobs first (so that no long job starts last, alone; a batched row is one job
+        # of all its seeds); with workers they start as cores free up; collected in the report's order below
+        hint = {**_typical_run_seconds(quick), **known}
+        order = sorted(chosen, key=lambda c: -hint.get(c.run_as or c.recipe, 0.0) * (seeds if plan[id(c)][2] else 1))
+        for c in order:
+            overs, dirs, one = plan[id(c)]
+            if one:
                 row = out / (c.run_as or c.recipe)
                 batches.add(row)
-                runs.add(row, threads, _timed_batch, c.recipe, [str(d) for d in dirs], overs, str(row / "replicas"),
+                runs.add(row, 1, _timed_batch, c.recipe, [str(d) for d in dirs], overs, str(row / "replicas"),
                          progress and runs.serial)
                 continue
             for d, over in zip(dirs, overs):
-                runs.add(d, threads, _timed_run, c.recipe, str(d), over, progress and runs.serial)
+                runs.add(d, 1, _timed_run, c.recipe, str(d), over, progress and runs.serial)
         # collected in the order they started (what the progress lines follow), reported in the claims' order
         got = dict(zip(map(id, order), _collect(order, quick, seeds, out, runs, t0, known, done, left, batches)))
         rows = [got[id(c)] for c in chosen]
