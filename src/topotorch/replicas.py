@@ -1,4 +1,4 @@
-"""Replicas: ``S`` independent seeds of one small embedded MLP trained as one batched program.
+"""Replicas: ``S`` independent seeds of one small model trained as one batched program.
 
 Small networks (BIMT's [4, 20, 20, 2] MLP on 100 points) are bound by the per-operation overhead of eager
 PyTorch, not by arithmetic, so ``S`` seeds stacked into batched tensors (``(S, out, in)`` weights, one
@@ -11,13 +11,17 @@ PyTorch, not by arithmetic, so ``S`` seeds stacked into batched tensors (``(S, o
 - the wiring-cost gradient is added to the stacked gradients in one operation per layer (every replica has the
   same layouts, so the same distance factors);
 - losses, test figures, logs and costs are per replica;
-- token models (:class:`StackedTokenMLP`) stack each replica's embedding too, with its own L1 term.
+- token models (:class:`StackedTokenMLP`) stack each replica's embedding too, with its own L1 term;
+- :class:`StackedModule` stacks every ``nn.Linear`` of any model whose other modules hold no state (a small
+  transformer: the replicas' batches pass one after another through its attention) — bit-identical to single
+  runs on BIMT's in-context transformer.
 
 Elementwise steps (AdamW, the penalty, relocation) are the same arithmetic as a single run; the forward and backward
 pass go through batched matrix products, whose summation order may differ from ``nn.Linear``'s in the last bits.
-A replica therefore equals the single run of its seed to floating-point tolerance: weights within 1e-5 over a few
-hundred steps with relocation (``tests/test_replicas.py``), and the claims' hold rates over seeds are unchanged.
-Long runs drift apart in the last digits as any two BLAS builds do.
+A replica therefore equals the single run of its seed to floating-point tolerance: weights within 5e-4 over a few
+hundred steps with relocation (``tests/test_replicas.py``), and the BIMT MLP rows hold on the same seeds. Long runs
+drift apart in the last digits as any two BLAS builds do — enough, over 20,000 L1-driven steps, to move a marginal
+seed of BIMT's S4 task across its threshold, which is why the token recipes train their seeds one at a time.
 """
 from __future__ import annotations
 
