@@ -7,6 +7,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the package's source, installed or not
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("TOPOTORCH_DOCS_THREADS"):
+    # the docs test builds the gallery beside other test processes: the examples' torch.set_num_threads(2) would
+    # oversubscribe the cores (the gallery 3× slower on 2 cores), so the test caps their threads
+    import torch
+
+    def _capped(n, _set=torch.set_num_threads, _cap=int(os.environ["TOPOTORCH_DOCS_THREADS"])):
+        _set(min(n, _cap))
+
+    torch.set_num_threads = _capped
 
 project = "topotorch"
 author = "The topotorch developers"

@@ -17,8 +17,10 @@ def test_docs_build_with_every_gallery_example_run(tmp_path):
     src = tmp_path / "docs"
     shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "auto_examples", "sg_execution_times.rst"))
     out = tmp_path / "html"
+    # one torch thread per example (docs/conf.py): the other test process has the other core
+    env = {**__import__("os").environ, "MPLBACKEND": "Agg", "TOPOTORCH_DOCS_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "sphinx", "-E", "-W", "--keep-going", "-q", "-b", "html", str(src),
-                          str(out)], capture_output=True, text=True, env={**__import__("os").environ, "MPLBACKEND": "Agg"})
+                          str(out)], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     examples = sorted(p.stem for p in (DOCS / "gallery").glob("plot_*.py"))
     assert 8 <= len(examples) <= 12
