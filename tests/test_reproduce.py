@@ -83,6 +83,10 @@ def test_reproduce_prints_elapsed_time_and_an_estimate_of_the_rest(tmp_path):
     # rows not timed yet: the packaged typical time, scaled by how this machine did on the rows done (c took twice
     # its typical time, so b's three runs take 2 × 5 s each), not the mean run so far (20 s)
     assert _eta(0, {"b": 3, "c": 0}, {"c": 20.0}, [20.0], 1, {"b": 5.0, "c": 10.0}, ["c"]) == "elapsed 0:00; about 0:30 left"
+    # nothing finished yet: the packaged times as they are, said so; 2 workers share the 3 × 5 + 2 × 10 s
+    assert (_eta(0, {"b": 3, "c": 2}, {}, [], 2, {"b": 5.0, "c": 10.0}, [])
+            == "elapsed 0:00; about 0:17 left (from the packaged run times until runs finish here)")
+    assert _eta(0, {"b": 3, "d": 1}, {}, [], 1, {"b": 5.0}, []) == "elapsed 0:00; time left estimated after the first run"
     (tmp_path / "report.json").write_text(json.dumps({"meta": {"quick": True}, "rows": [
         {"recipe": "a", "seconds": 30.0, "seeds": [0, 1, 2]}]}))
     assert _previous_run_seconds(tmp_path, True) == {"a": 10.0} and _previous_run_seconds(tmp_path, False) == {}

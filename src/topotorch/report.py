@@ -97,17 +97,21 @@ def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: li
     """``elapsed m:ss; about m:ss left`` — the runs left times their row's seconds per run (measured this time or
     in the last report here), shared among ``jobs`` workers. Rows not timed yet: their ``typical`` seconds (the
     packaged table) scaled by how this machine compares on the rows done (``done_rows``, one name per ``done``
-    entry), else the mean run so far — which the longest-first order would overestimate."""
+    entry), else the mean run so far — which the longest-first order would overestimate. Before any run here has
+    finished, the packaged times as they are (when they cover every row left)."""
     fmt = lambda x: f"{int(x // 60)}:{int(x % 60):02d}"
     mean = sum(done) / len(done) if done else None
     pairs = [(typical[r], d) for r, d in zip(done_rows, done) if typical and r in typical]
     scale = sum(d for _, d in pairs) / sum(t for t, _ in pairs) if pairs and sum(t for t, _ in pairs) > 0 else None
+    note = ""
+    if scale is None and not done and typical and all(name in typical or name in known for name, n in left.items() if n):
+        scale, note = 1.0, " (from the packaged run times until runs finish here)"
     per = lambda name: (known[name] if name in known else typical[name] * scale
                         if scale is not None and name in typical else mean)
     if any(per(name) is None for name, n in left.items() if n):
         return f"elapsed {fmt(elapsed)}; time left estimated after the first run"
     rest = sum(n * per(name) for name, n in left.items() if n) / max(1, jobs)
-    return f"elapsed {fmt(elapsed)}; about {fmt(rest)} left"
+    return f"elapsed {fmt(elapsed)}; about {fmt(rest)} left{note}"
 
 
 def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True,
