@@ -121,6 +121,23 @@ def _sleep_and_stamp(seconds: float) -> tuple[float, float]:
     return t, time.time()
 
 
+def test_waiting_for_a_long_run_gives_signs_of_life_and_counts_finished_runs():
+    """While the run being collected holds the collection back, ``tick`` is called every ``every`` seconds, and
+    ``finished`` counts the runs that ended meanwhile."""
+    from topotorch.launch import Runs
+    runs, seen = Runs(2), []
+    try:
+        runs.add("slow", 1, _sleep_and_stamp, 2.0)
+        runs.add("fast", 1, _sleep_and_stamp, 0.0)
+        runs.result("slow", tick=lambda: seen.append(runs.finished()), every=0.4)
+        assert runs.finished() == 2  # slow collected, fast done
+        runs.result("fast")
+        assert runs.finished() == 2
+    finally:
+        runs.close()
+    assert len(seen) >= 2 and seen[-1] == 1  # fast had finished by the last tick; slow was still running
+
+
 def test_the_pool_never_runs_more_threads_than_cores(monkeypatch):
     """Two one-thread runs share two cores; a two-thread run waits until it has the machine to itself."""
     import os

@@ -9,6 +9,7 @@ loop would (the recipe's config pins its thread count), so the results are the s
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from .config import ConfigError
@@ -61,6 +62,7 @@ class Runs:
         self.cores = os.cpu_count() or 1
         self.waiting: dict = {}   # key → (threads, fn, args), not started
         self.running: dict = {}   # key → (threads, future)
+        self.collected = 0
         self.pool = None
         if launcher == "pool" and jobs > 1:
             import multiprocessing as mp
@@ -115,15 +117,26 @@ class Runs:
             _, fn, args = self.waiting.pop(key)
             self.running[key] = (threads, self.pool.submit(fn, *args))
 
-    def result(self, key):
+    def finished(self) -> int:
+        """Runs finished so far: collected, or done and waiting to be collected."""
+        return self.collected + sum(f.done() for _, f in self.running.values())
+
+    def result(self, key, tick=None, every: float = 60.0):
         """The result of run ``key``, waiting for it (or, without workers, running it now); the pool is kept fed
-        meanwhile. A run's exception is raised here."""
+        meanwhile. A run's exception is raised here. ``tick()`` is called every ``every`` seconds of waiting (a
+        sign of life while a long run holds the collection back)."""
+        out = self._result(key, tick, every)
+        self.collected += 1
+        return out
+
+    def _result(self, key, tick, every):
         if key in self.waiting and self.pool is None:
             _, fn, args = self.waiting.pop(key)
             return fn(*args)
         if key not in self.waiting and key not in self.running:
             raise KeyError(f"no run {key!r}")
         from concurrent.futures import FIRST_COMPLETED, wait
+        last = time.time()
         while key not in self.running or not self.running[key][1].done():
             live = [f for _, f in self.running.values() if not f.done()]
             if self.launcher != "pool":
@@ -131,8 +144,11 @@ class Runs:
             if not live:  # nothing started can free a slot: start this one (it fits an empty machine)
                 self._fill()
                 continue
-            wait(live, return_when=FIRST_COMPLETED)
+            wait(live, timeout=max(0.0, every - (time.time() - last)) if tick else None, return_when=FIRST_COMPLETED)
             self._fill()
+            if tick is not None and time.time() - last >= every:
+                tick()
+                last = time.time()
         return self.running.pop(key)[1].result()
 
     def close(self) -> None:

@@ -92,6 +92,10 @@ def _typical_run_seconds(quick: bool) -> dict[str, float]:
         return {}
 
 
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
 def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: list[float], jobs: int = 1,
          typical: dict[str, float] | None = None, done_rows: list[str] = ()) -> str:
     """``elapsed m:ss; about m:ss left`` — the runs left times their row's seconds per run (measured this time or
@@ -99,7 +103,7 @@ def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: li
     packaged table) scaled by how this machine compares on the rows done (``done_rows``, one name per ``done``
     entry), else the mean run so far — which the longest-first order would overestimate. Before any run here has
     finished, the packaged times as they are (when they cover every row left)."""
-    fmt = lambda x: f"{int(x // 60)}:{int(x % 60):02d}"
+    fmt = _clock
     mean = sum(done) / len(done) if done else None
     pairs = [(typical[r], d) for r, d in zip(done_rows, done) if typical and r in typical]
     scale = sum(d for _, d in pairs) / sum(t for t, _ in pairs) if pairs and sum(t for t, _ in pairs) > 0 else None
@@ -195,6 +199,7 @@ def _timed_batch(recipe: str, dirs: list[str], overs: list[dict], root: str, pro
 
 def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=frozenset()) -> list[dict]:
     rows, batched, done_rows, typical = [], {}, [], _typical_run_seconds(quick)
+    jobs = len(runs.waiting) + len(runs.running) + runs.collected
     for k, c in enumerate(chosen, 1):
         name = c.run_as or c.recipe
         base = int(load_recipe(c.recipe).config.get("seed", 0))
@@ -203,12 +208,15 @@ def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=fro
         for seed in seed_list:
             eta = _eta(time.time() - t0, left, known, done, runs.jobs, typical, done_rows)
             print(f"[{k}/{len(chosen)}] {name}, seed {seed} … ({eta})", flush=True)
+            tick = None if runs.serial else (lambda name=name: print(
+                f"    … waiting for {name} (elapsed {_clock(time.time() - t0)}; {runs.finished()} of {jobs} jobs "
+                f"finished)", flush=True))
             if out / name in batches:  # the row's seeds ran as one batch: take this seed's share
                 if out / name not in batched:
-                    batched[out / name] = iter(runs.result(out / name))
+                    batched[out / name] = iter(runs.result(out / name, tick))
                 m, secs = next(batched[out / name])
             else:
-                m, secs = runs.result(out / name / f"seed-{seed}")
+                m, secs = runs.result(out / name / f"seed-{seed}", tick)
             done.append(secs)
             done_rows.append(name)
             row_seconds += secs
