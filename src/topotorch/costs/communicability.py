@@ -33,6 +33,8 @@ def _taylor_expm(A: torch.Tensor) -> torch.Tensor:
     """``expm(A)`` by scaling and squaring a Taylor polynomial, in differentiable tensor ops: ``A / 2^s`` with
     1-norm ≤ ½, degree 12 (float32; truncation < 1e-14) or 18 (float64; < 1e-22), then ``s`` squarings."""
     norm = torch.linalg.matrix_norm(A, 1).max().item() if A.numel() else 0.0
+    if not math.isfinite(norm):  # non-finite weights: let NaN/inf propagate (the training loop names them)
+        return torch.linalg.matrix_exp(A)
     s = max(0, math.ceil(math.log2(norm / 0.5))) if norm > 0.5 else 0
     m = 18 if A.dtype == torch.float64 else 12
     X = A / 2 ** s
