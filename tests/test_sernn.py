@@ -26,21 +26,6 @@ def test_cost_equals_scipy_expm_and_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda w: communicability_cost(w, P), (W[:1].clone().requires_grad_(True),))
 
 
-def test_matrix_exponential_gradient_equals_float64_in_float32_and_when_scaled():
-    """The cheap backward (a Taylor approximant's adjoint) against torch's own float64 gradient: float32 inputs on
-    seRNN's shape, and a large-norm matrix that needs the scaling and squaring."""
-    from topotorch.costs.communicability import _MatrixExp
-    torch.manual_seed(1)
-    for A in (torch.rand(4, 100, 100) / 50, torch.randn(2, 20, 20) * 3):
-        G = torch.randn_like(A)
-        X = A.clone().requires_grad_(True)
-        (X.grad,) = torch.autograd.grad((_MatrixExp.apply(X) * G).sum(), X)
-        X64 = A.double().requires_grad_(True)
-        (g64,) = torch.autograd.grad((torch.linalg.matrix_exp(X64) * G.double()).sum(), X64)
-        assert torch.equal(_MatrixExp.apply(A), torch.linalg.matrix_exp(A))  # the same values
-        assert (X.grad.double() - g64).abs().max() <= 1e-5 * g64.abs().max()  # float32: torch's own is 3e-5, 2e-6
-
-
 def test_cost_errors_name_the_problem():
     with pytest.raises(ValueError, match="square"):
         communicability_cost(torch.zeros(4, 5), grid3d((2, 2, 1)))
@@ -80,32 +65,6 @@ def test_batched_networks_equal_separate_ones():
     assert torch.equal(both.W[1], one.W[0])
     assert torch.allclose(both(x)[1], one(x)[0], atol=1e-6)
     assert x.shape == (8, 8, 8) and sorted(set(y.tolist())) == [0, 1, 2, 3]
-
-
-def test_rnn_gradient_by_hand_equals_autograd_through_the_plain_loop():
-    """The hand-written backpropagation through time against autograd on ``h_t = relu(x_t U + h W + b)`` (float64)."""
-    from topotorch.experiments.sernn import BatchedRNN, maze_task
-    x, y = maze_task(4, 2, 3)
-    net = BatchedRNN(3, 8, 12, 4, [0, 1, 2]).double()
-    x = x.double() + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-    def plain(U, W, b, V, c):
-        h = torch.relu(x[:, 0] @ U + b)
-        hs = [h]
-        for t in range(1, x.shape[1]):
-            h = torch.relu(x[:, t] @ U + b + h @ W)
-            hs.append(h)
-        return h @ V + c, torch.stack(hs, 2)
-
-    params = [net.U, net.W, net.b, net.V, net.c]
-    out, hs = net(x, states=True)
-    ref, ref_hs = plain(*params)
-    assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(hs, ref_hs, atol=1e-12)
-    G = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    got = torch.autograd.grad((net(x) * G).sum(), params)
-    want = torch.autograd.grad((plain(*params)[0] * G).sum(), params)
-    for g, w in zip(got, want):
-        assert torch.allclose(g, w, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.slow

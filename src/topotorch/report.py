@@ -103,7 +103,6 @@ def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: li
     packaged table) scaled by how this machine compares on the rows done (``done_rows``, one name per ``done``
     entry), else the mean run so far — which the longest-first order would overestimate. Before any run here has
     finished, the packaged times as they are (when they cover every row left)."""
-    fmt = _clock
     mean = sum(done) / len(done) if done else None
     pairs = [(typical[r], d) for r, d in zip(done_rows, done) if typical and r in typical]
     scale = sum(d for _, d in pairs) / sum(t for t, _ in pairs) if pairs and sum(t for t, _ in pairs) > 0 else None
@@ -113,9 +112,9 @@ def _eta(elapsed: float, left: dict[str, int], known: dict[str, float], done: li
     per = lambda name: (known[name] if name in known else typical[name] * scale
                         if scale is not None and name in typical else mean)
     if any(per(name) is None for name, n in left.items() if n):
-        return f"elapsed {fmt(elapsed)}; time left estimated after the first run"
+        return f"elapsed {_clock(elapsed)}; time left estimated after the first run"
     rest = sum(n * per(name) for name, n in left.items() if n) / max(1, jobs)
-    return f"elapsed {fmt(elapsed)}; about {fmt(rest)} left{note}"
+    return f"elapsed {_clock(elapsed)}; about {_clock(rest)} left{note}"
 
 
 def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = None, progress: bool = True,
