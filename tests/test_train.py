@@ -10,7 +10,7 @@ from topotorch.cli import main
 from topotorch.config import ConfigError, from_dict
 from topotorch.recipes import run_recipe
 from topotorch.experiments.bimt import BIMTConfig, run_bimt as train_bimt
-from topotorch.train import TrainingDiverged, piecewise
+from topotorch.train import TrainingDiverged, piecewise, progress_figures
 
 KEYS = {"recipe", "seed", "steps", "seconds", "train_loss", "test_loss", "params_total", "params_kept", "threshold",
         "wiring_length", "modularity_q", "dependencies", "modules"}
@@ -22,6 +22,15 @@ def test_piecewise_schedule_matches_bimt():
     assert at(0) == 1e-3 and at(4999) == 1e-3
     assert at(5000) == pytest.approx(1e-2) and at(14999) == pytest.approx(1e-2)
     assert at(15000) == pytest.approx(1e-3)
+
+
+def test_progress_bar_shows_a_replica_batch_as_ranges():
+    row = {"step": 100, "train_loss": 0.09, "lam": 0.01, "swaps/0": 3, "test_loss/0": 0.0155, "test_loss/1": 0.0126,
+           "test_loss/2": 0.0282, "train_loss/0": 0.02, "train_loss/1": 0.03, "train_loss/2": 0.04}
+    # the batch's train_loss (a sum over replicas) gives way to the replicas' range; integers (swaps) stay in the log
+    assert progress_figures(row) == {"train_loss": "0.02–0.04", "lam": "0.01", "test_loss": "0.0126–0.0282"}
+    assert progress_figures({"step": 0, "loss/0": 1.5}) == {"loss": "1.5"}
+    assert progress_figures({"step": 0, "a/b": 2.0, "cost": 1.0}) == {"a/b": "2", "cost": "1"}
 
 
 def test_recipe_run_writes_every_artefact(tmp_path):

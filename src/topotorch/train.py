@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .io import Checkpointer, atomic_write_text
 from .relocate import relocate
 
-__all__ = ["fit", "Callback", "WiringPenalty", "Relocation", "Batches", "TrainingDiverged", "CSVLog",
+__all__ = ["fit", "progress_figures", "Callback", "WiringPenalty", "Relocation", "Batches", "TrainingDiverged", "CSVLog",
            "make_optimizer", "accuracy", "piecewise", "tensorboard_writer"]
 
 
@@ -237,6 +237,23 @@ def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def progress_figures(row: dict) -> dict[str, str]:
+    """A log row's figures for the progress bar: the columns of a batch of replicas (``test_loss/0`` … ``/19``) as
+    one ``min–max`` range per figure, in place of the batch's own sum of the same name (``train_loss``)."""
+    plain, per = {}, {}
+    for k, v in row.items():
+        if k == "step" or not isinstance(v, float):
+            continue
+        base, _, idx = k.rpartition("/")
+        if base and idx.isdigit():
+            per.setdefault(base, []).append(v)
+        else:
+            plain[k] = f"{v:.3g}"
+    for k, vs in per.items():
+        plain[k] = f"{min(vs):.3g}–{max(vs):.3g}" if len(vs) > 1 else f"{vs[0]:.3g}"
+    return plain
+
+
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[int, int], torch.Tensor],
         steps: int, *, out=None, resume: bool = False, callbacks: Sequence[Callback] = (),
         generators: dict[str, torch.Generator] | None = None, evaluate: Callable[[int], dict] | None = None,
@@ -359,7 +376,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
                     row.update(cb.log(step))
                 if log is not None:
                     log.write(row)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "step" and isinstance(v, float)})
+                bar.set_postfix(progress_figures(row))
                 running.zero_()
                 counted = 0
             elif step % log_every == 0 or step == steps - 1:
