@@ -18,13 +18,15 @@ from topotorch.recipes import batch_refusal, recipe_config, run_recipe, run_seed
 from topotorch.replicas import StackedMLP, replica_losses
 
 
-def _compare(tmp_path, recipe, over, seeds=(0, 1, 2), w_tol=5e-4):
-    ms, how = run_seeds(recipe, [tmp_path / f"b{s}" for s in seeds], [dict(over, seed=s) for s in seeds],
-                        tmp_path / "batch", progress=False)
+def _compare(tmp_path, recipe, over, seeds=(0, 1, 2), w_tol=5e-4, each=None):
+    """``each``: per replica, overrides on top of ``over`` (replicas that differ in more than the seed)."""
+    overs = [dict(over, seed=s, **(each[i] if each else {})) for i, s in enumerate(seeds)]
+    ms, how = run_seeds(recipe, [tmp_path / f"b{i}" for i in range(len(seeds))], overs, tmp_path / "batch",
+                        progress=False)
     assert how == "batched"
-    for s, m in zip(seeds, ms):
-        single = run_recipe(recipe, tmp_path / f"s{s}", dict(over, seed=s), progress=False)
-        A, B = read_state(tmp_path / f"b{s}" / "model.safetensors"), read_state(tmp_path / f"s{s}" / "model.safetensors")
+    for i, (s, m, o) in enumerate(zip(seeds, ms, overs)):
+        single = run_recipe(recipe, tmp_path / f"s{i}", o, progress=False)
+        A, B = read_state(tmp_path / f"b{i}" / "model.safetensors"), read_state(tmp_path / f"s{i}" / "model.safetensors")
         assert set(A) == set(B)
         for k in A:
             assert torch.allclose(A[k].double(), B[k].double(), atol=w_tol, rtol=0), (s, k)
@@ -32,14 +34,16 @@ def _compare(tmp_path, recipe, over, seeds=(0, 1, 2), w_tol=5e-4):
             assert m[key] == pytest.approx(single[key], rel=1e-4), (s, key)
         assert m["modules"] == single["modules"] and m["params_kept"] == single["params_kept"]
         assert m["seed"] == s and m["replicas"] == len(seeds)
+        assert json.loads((tmp_path / f"b{i}" / "config.json").read_text()) == \
+            json.loads((tmp_path / f"s{i}" / "config.json").read_text())
         # the run directory as a single run writes it: the same log columns, the same steps, close values
-        la = (tmp_path / f"b{s}" / "log.csv").read_text().splitlines()
-        lb = (tmp_path / f"s{s}" / "log.csv").read_text().splitlines()
+        la = (tmp_path / f"b{i}" / "log.csv").read_text().splitlines()
+        lb = (tmp_path / f"s{i}" / "log.csv").read_text().splitlines()
         assert la[0] == lb[0] and len(la) == len(lb)
         for ra, rb in zip(la[1:], lb[1:]):
             for va, vb in zip(ra.split(","), rb.split(",")):
                 assert float(va) == pytest.approx(float(vb), rel=1e-3, abs=1e-6)
-        assert {p.name for p in (tmp_path / f"b{s}").iterdir()} >= {"network.png", "curves.png", "metrics.json",
+        assert {p.name for p in (tmp_path / f"b{i}").iterdir()} >= {"network.png", "curves.png", "metrics.json",
                                                                      "model.safetensors", "config.json"}
     return ms
 
@@ -52,6 +56,17 @@ def test_independence_replicas_equal_single_runs_with_relocation_and_the_full_pr
 def test_two_moon_replicas_cross_entropy_and_accuracy_equal_single_runs(tmp_path):
     ms = _compare(tmp_path, "two-moon", {"steps": 300, "swap_interval": 100, "log_interval": 100})
     assert all("test_accuracy" in m for m in ms)
+
+
+def test_replicas_of_different_variants_and_schedules_equal_their_single_runs(tmp_path):
+    # a batch as reproduce's sibling rows or a sweep's settings make it: the wiring-cost model, the control without
+    # it, L1 without the distance term or swaps, and a different λ schedule — each its own penalty and relocation
+    each = [{}, {"variant": "none"}, {"variant": "l1"}, {"lam": 3e-3, "lam_schedule": [[0.5, 3.0]]}, {}]
+    ms = _compare(tmp_path, "two-moon", {"steps": 300, "swap_interval": 100, "log_interval": 100},
+                  seeds=(0, 0, 0, 0, 1), each=each)
+    logs = [(tmp_path / f"b{i}" / "log.csv").read_text().splitlines()[0] for i in range(5)]
+    assert "swaps" in logs[0] and "swaps" not in logs[1] and "swaps" not in logs[2]
+    assert ms[1]["params_kept"] > ms[0]["params_kept"]  # the control keeps more: the arms really differed
 
 
 def test_token_models_stack_their_embeddings_with_each_replicas_gradients():
@@ -148,7 +163,12 @@ def test_what_cannot_be_batched_is_named_and_runs_one_by_one():
     assert "one at a time" in batch_refusal("modular-addition", cfgs)  # measured: no faster, and amplified bits
     assert "no batched trainer" in batch_refusal("toponets-mlp", [recipe_config("toponets-mlp", {})] * 2)
     mixed = [recipe_config("independence", {"seed": 0}), recipe_config("independence", {"seed": 1, "lr": 0.01})]
-    assert "more than the seed" in batch_refusal("independence", mixed)
+    assert "differ in lr" in batch_refusal("independence", mixed)
+    steps = [recipe_config("independence", {"seed": 0}), recipe_config("independence", {"variant": "none", "steps": 5})]
+    assert "differ in steps" in batch_refusal("independence", steps)
+    assert "same config" in batch_refusal("independence", [recipe_config("independence", {})] * 2)
+    assert batch_refusal("independence", [recipe_config("independence", {"variant": v, "lam": lam})
+                                          for v in ("full", "none") for lam in (1e-3, 1e-2)]) is None
     assert batch_refusal("independence", [recipe_config("independence", {"seed": s}) for s in (0, 1)]) is None
 
 

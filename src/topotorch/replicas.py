@@ -334,10 +334,16 @@ class StackedPenalty(Callback):
                 b.grad[r].add_(torch.sign(b[r]), alpha=scale * cost.l0 * bs)
 
     def log(self, step: int) -> dict:
+        """Each replica's cost (``cost/i``, i its index in the batch) and λ: one ``lam`` column when the penalty
+        covers the whole batch, else ``lam/i`` for each of its rows (other penalties cover the other rows)."""
+        first = self.rows.start or 0
         with torch.no_grad():
             bias = step >= self.bias_start
-            row = {f"cost/{s}": c.value(bias=bias).item() for s, c in enumerate(self.costs)}
-        return {**row, "lam": self.lam_at(step)}
+            row = {f"cost/{first + s}": c.value(bias=bias).item() for s, c in enumerate(self.costs)}
+        lam = self.lam_at(step)
+        if self.rows == slice(None):
+            return {**row, "lam": lam}
+        return {**row, **{f"lam/{first + s}": lam for s in range(len(self.costs))}}
 
 
 class RunningLosses(Callback):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+import json
 import math
 
 import torch
@@ -230,8 +231,9 @@ def setup(cfg: BIMTConfig) -> Setup:
 
 
 def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Several seeds of one BIMT config trained as one batched program (:mod:`topotorch.replicas`): each seed's
-    initial weights, data, wiring cost, relocation (its own swaps) and — after training, one seed at a time —
+    """Several BIMT runs trained as one batched program (:mod:`topotorch.replicas`): seeds of one config, and configs
+    that differ only in :data:`PER_REPLICA` (variants, λ, schedules — e.g. a sweep's settings). Each run's
+    initial weights, data, wiring cost, relocation (its own swaps) and — after training, one run at a time —
     pruning, fine-tune and analysis as :func:`run_bimt`; each run directory as a single run writes it (its
     ``log.csv`` split from the batch's), the batch's own log and checkpoints in ``root``."""
     from ..io import atomic_write_text
@@ -249,11 +251,15 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
     stacked = (StackedTokenMLP if tokens else StackedMLP)([st.model for st in sts])
     opt = torch.optim.AdamW(stacked.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     running = RunningLosses(S)
-    callbacks = [StackedPenalty(stacked, [st.cost for st in sts], sts[0].lam_at, int(cfg.bias_penalty_start * cfg.steps)),
-                 running]
-    relocs = [Relocation(st.graph, st.reloc_cost, ReplicaOptimizer(opt, stacked, s), cfg.swap_interval, cfg.top_k,
-                         cfg.relocate_method) for s, st in enumerate(sts)] if sts[0].swap_on else []
-    callbacks += [_Tagged(r, s) for s, r in enumerate(relocs)]
+    # one stacked penalty per run of consecutive replicas with the same penalty (a batch of seeds: one for all)
+    keys = [_penalty_key(c) for c in cfgs]
+    groups = _runs(keys)
+    callbacks = [StackedPenalty(stacked, [st.cost for st in sts[a:b]], sts[a].lam_at,
+                                int(cfgs[a].bias_penalty_start * cfg.steps), rows=None if len(groups) == 1 else slice(a, b))
+                 for a, b in groups] + [running]
+    relocs = {s: Relocation(st.graph, st.reloc_cost, ReplicaOptimizer(opt, stacked, s), c.swap_interval, c.top_k,
+                            c.relocate_method) for s, (c, st) in enumerate(zip(cfgs, sts)) if st.swap_on}
+    callbacks += [_Tagged(r, s) for s, r in relocs.items()]
     lossf = sts[0].lossf
     batched = ((lambda out, y: replica_losses(F.mse_loss, out, F.one_hot(y, out.shape[-1]).to(out.dtype)))
                if lossf is _onehot_mse else (lambda out, y: replica_losses(lossf, out, y)))
@@ -276,22 +282,23 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
             if TASKS[cfg.task].classification:
                 row.update({f"test_accuracy/{s}": float(v) for s, v in enumerate((out.argmax(-1) == yt).float().mean(1))})
             return row
+    kinds = sorted({f"{c.recipe}[{c.variant}]" for c in cfgs})
     info = fit(stacked, opt, loss_fn, cfg.steps, out=root, resume=resume, callbacks=callbacks, evaluate=evaluate,
                log_every=cfg.log_interval, checkpoint_every=cfg.checkpoint_interval, progress=progress,
-               desc=f"{cfg.recipe}[{cfg.variant}] × {S} seeds")
+               desc=f"{kinds[0]} × {S} seeds" if len(kinds) == 1 else f"{' + '.join(kinds)}: {S} replicas")
     log = read_log(root / "log.csv")
     cols = ["train_loss", "test_loss"] + (["test_accuracy"] if TASKS[cfg.task].classification else []) + ["cost"]
     for s, o in enumerate(outs):  # each run's log.csv, the columns a single run writes
-        table = {"step": log["step"], **{c: log[f"{c}/{s}"] for c in cols}, "lam": log["lam"],
-                 **({"swaps": log[f"swaps/{s}"]} if relocs else {})}
+        table = {"step": log["step"], **{c: log[f"{c}/{s}"] for c in cols}, "lam": log[f"lam/{s}" if len(groups) > 1 else "lam"],
+                 **({"swaps": log[f"swaps/{s}"]} if s in relocs else {})}
         lines = [",".join(table)] + [",".join(_csv_number(table[k][i], k) for k in table) for i in range(len(log["step"]))]
         atomic_write_text(o / "log.csv", "\n".join(lines) + "\n")
     opts = unstack(stacked, opt)
     results = []
     for s, (c, o, st) in enumerate(zip(cfgs, outs, sts)):
         st.opt = opts[s]
-        for r in ([relocs[s]] if relocs else []):
-            r.optimizer = opts[s]
+        if s in relocs:
+            relocs[s].optimizer = opts[s]
         model, xs, ys = st.model, st.data.x_train, st.data.y_train
         emb_l1 = embedding_penalty(c, model) if st.l1_on else (lambda step: 0.0)
 
@@ -303,16 +310,29 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
     return results
 
 
+# What replicas in one batch may differ in: the seed, the penalty and its schedule, relocation, and everything after
+# training (pruning, fine-tune, analysis). Everything else shapes the one batched program (data sizes, architecture,
+# optimizer, steps, logging) and must be equal.
+PER_REPLICA = frozenset({"recipe", "seed", "data_dir", "lam", "lam_schedule", "bias_penalty_start", "swap_interval",
+                         "top_k", "relocate_method", "A", "l0", "exponent", "p", "reduction", "no_penalize_last",
+                         "variant", "threshold", "finetune_steps", "prune_budget", "finetune_lam", "refit_steps",
+                         "final_sweep", "procedure"})
+
+
 def bimt_batchable(cfgs: list[BIMTConfig]) -> str | None:
-    """Why these configs cannot train as one batch of replicas (``None``: they can)."""
+    """Why these configs cannot train as one batch of replicas (``None``: they can). They may differ in
+    :data:`PER_REPLICA` (seeds, variants, λ and its schedule, the cost's geometry, relocation, what follows training)."""
     import dataclasses
-    base = dataclasses.replace(cfgs[0], seed=0)
-    if any(dataclasses.replace(c, seed=0) != base for c in cfgs):
-        return "the configs differ in more than the seed"
+    shared = [k.name for k in dataclasses.fields(BIMTConfig) if k.name not in PER_REPLICA]
+    base = cfgs[0]
+    for c in cfgs[1:]:
+        differ = [k for k in shared if getattr(c, k) != getattr(base, k)]
+        if differ:
+            return f"the configs differ in {', '.join(differ)}, which one batched program shares"
     if base.tensorboard:
         return "TensorBoard logs are per run"
-    if len({c.seed for c in cfgs}) != len(cfgs):
-        return "two replicas share a seed"
+    if len({json.dumps(dataclasses.asdict(c), sort_keys=True) for c in cfgs}) != len(cfgs):
+        return "two replicas have the same config (the same run twice)"
     if TASKS[base.task].tokens:
         # StackedTokenMLP trains them, but a batched reproduction (5 seeds) was no faster for modular addition
         # (529 s vs 489 s one by one: arithmetic-bound) and its last-bit differences, amplified over 20,000 L1-driven
@@ -320,6 +340,23 @@ def bimt_batchable(cfgs: list[BIMTConfig]) -> str | None:
         return (f"{base.task} trains its seeds one at a time: batched, its runs are no faster and differ from single "
                 "runs in the last bits, which 20,000 L1-driven steps amplify into a different pruned accuracy")
     return None
+
+
+def _penalty_key(cfg: BIMTConfig) -> tuple:
+    """What a replica's wiring penalty depends on: replicas with equal keys share one stacked penalty."""
+    l1_on, local_on, _ = VARIANTS[cfg.variant]
+    return (l1_on, cfg.A if local_on else 0.0, cfg.l0, cfg.exponent, cfg.p, cfg.reduction, cfg.no_penalize_last,
+            cfg.lam if l1_on else 0.0, json.dumps(cfg.lam_schedule), int(cfg.bias_penalty_start * cfg.steps))
+
+
+def _runs(keys: list) -> list[tuple[int, int]]:
+    """``[a, b)`` index ranges of consecutive equal keys."""
+    out, a = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[a]:
+            out.append((a, i))
+            a = i
+    return out
 
 
 class _Tagged(Callback):

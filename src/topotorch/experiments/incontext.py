@@ -263,7 +263,7 @@ def run_in_context_replicas(cfgs: list[InContextConfig], outs: list, root, resum
             r = reps.index((i, arm))
             cols = {"step": log["step"], "train_loss": log[f"train_loss/{r}"], "test_mse_last": log[f"test_mse_last/{r}"]}
             if arm == "bimt":  # the columns (and order) of a single run's log
-                cols.update({"cost": log[f"cost/{r}"], "lam": log["lam"]})
+                cols.update({"cost": log[f"cost/{r}"], "lam": log[f"lam/{r}"]})
             (o / arm).mkdir(parents=True, exist_ok=True)
             lines = [",".join(cols)] + [",".join(str(int(v)) if k == "step" else repr(float(v)) for k, v in
                                                  ((k, cols[k][n]) for k in cols)) for n in range(len(log["step"]))]
