@@ -181,3 +181,26 @@ def test_run_seeds_command_writes_one_directory_per_seed(tmp_path, capsys):
     assert (tmp_path / "replicas" / "log.csv").is_file()
     assert main(["run", "toponets-mlp", "--seeds", "2", "--steps", "3", "--out", str(tmp_path / "t"), "--quiet"]) == 0
     assert "one at a time: recipe kind 'toponets-mlp' has no batched trainer" in capsys.readouterr().out
+
+
+def test_reproduce_trains_sibling_rows_of_a_recipe_as_one_batch(tmp_path, monkeypatch):
+    # a claim and its control on one recipe: their seeds train together (4 replicas, a penalty per variant), and each
+    # row is what the rows run one by one report (to the replicas' tolerance)
+    from topotorch import report
+    from topotorch.registry import Claim
+    short = {"steps": 200, "swap_interval": 100, "log_interval": 100}
+    figs = lambda m: {"test loss": m["test_loss"], "weights kept": m["params_kept"]}
+    rows = [Claim("two-moon", "two-moon", "-", lambda m: f"{m['test_loss']:.3f}", lambda m: m["test_loss"] < 1, "network.png",
+                  {}, short, figures=figs),
+            Claim("control", "two-moon", "-", lambda m: f"{m['test_loss']:.3f}", lambda m: m["params_kept"] > 100,
+                  "network.png", {}, dict(short, variant="none"), run_as="two-moon-none", figures=figs)]
+    monkeypatch.setattr(report, "claims", lambda: rows)
+    got = {b: report.reproduce(tmp_path / str(b), quick=True, seeds=2, progress=False, batched=b) for b in (True, False)}
+    log = (tmp_path / "True" / "two-moon" / "replicas" / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"test_loss/3", "lam/0", "lam/3", "swaps/1"} <= set(log) and "swaps/2" not in log  # one batch of both rows
+    assert not (tmp_path / "False" / "two-moon" / "replicas").exists()
+    for a, b in zip(got[True], got[False]):
+        assert (a["recipe"], a["seeds"], a["held"]) == (b["recipe"], b["seeds"], b["held"])
+        assert set(a["figures"]) == {"test loss", "weights kept"}
+        for key, f in a["figures"].items():
+            assert f["values"] == pytest.approx(b["figures"][key]["values"], rel=1e-4), key

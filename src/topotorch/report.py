@@ -148,29 +148,52 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
     left = {(c.run_as or c.recipe): seeds for c in chosen}
     runs = Runs(jobs, launcher, out / "jobs", slurm)
     try:
-        batches, plan = set(), {}
+        plan, groups = {}, []
         for c in chosen:
             base = int(load_recipe(c.recipe).config.get("seed", 0))
             overs = [dict(c.quick if quick else c.overrides, seed=seed) for seed in range(base, base + seeds)]
             dirs = [out / (c.run_as or c.recipe) / f"seed-{seed}" for seed in range(base, base + seeds)]
             if hasattr(recipe_config(c.recipe, overs[0]), "threads"):
                 overs = [dict(o, threads=1) for o in overs]
-            one = batched and seeds > 1 and batch_refusal(c.recipe, [recipe_config(c.recipe, o) for o in overs]) is None
-            plan[id(c)] = (overs, dirs, one)
-        # queued at once, the longest jobs first (so that no long job starts last, alone; a batched row is one job
-        # of all its seeds); with workers they start as cores free up; collected in the report's order below
-        hint = {**_typical_run_seconds(quick), **known}
-        order = sorted(chosen, key=lambda c: -hint.get(c.run_as or c.recipe, 0.0) * (seeds if plan[id(c)][2] else 1))
-        for c in order:
-            overs, dirs, one = plan[id(c)]
-            if one:
-                row = out / (c.run_as or c.recipe)
-                batches.add(row)
-                runs.add(row, 1, _timed_batch, c.recipe, [str(d) for d in dirs], overs, str(row / "replicas"),
-                         progress and runs.serial)
+            cfgs = [recipe_config(c.recipe, o) for o in overs]
+            plan[id(c)] = (overs, dirs)
+            if not batched or batch_refusal(c.recipe, cfgs) is not None:
                 continue
-            for d, over in zip(dirs, overs):
-                runs.add(d, 1, _timed_run, c.recipe, str(d), over, progress and runs.serial)
+            # a row whose seeds batch joins a batch of its recipe's other rows when the configs together still do
+            # (sibling rows — a control, an ablation — differ only in what each replica holds for itself)
+            for g in groups:
+                if g["recipe"] == c.recipe and batch_refusal(c.recipe, g["cfgs"] + cfgs) is None:
+                    g["rows"].append(c)
+                    g["cfgs"] += cfgs
+                    break
+            else:
+                groups.append({"recipe": c.recipe, "rows": [c], "cfgs": cfgs})
+        # queued at once, the longest jobs first (so that no long job starts last, alone; a batch is one job of all
+        # its runs); with workers they start as cores free up; collected in the report's order below
+        hint = {**_typical_run_seconds(quick), **known}
+        batches, jobs_ = {}, []  # batches: a batched row's directory → (its batch's key, its first run's index)
+        for g in groups:
+            if len(g["cfgs"]) < 2:
+                continue
+            key = out / (g["rows"][0].run_as or g["rows"][0].recipe)
+            dirs, overs = [], []
+            for c in g["rows"]:
+                batches[out / (c.run_as or c.recipe)] = (key, len(dirs))
+                dirs += plan[id(c)][1]
+                overs += plan[id(c)][0]
+            weight = sum(hint.get(c.run_as or c.recipe, 0.0) * seeds for c in g["rows"])
+            jobs_.append((weight, g["rows"], key, _timed_batch,
+                          (g["recipe"], [str(d) for d in dirs], overs, str(key / "replicas"), progress and runs.serial)))
+        for c in chosen:
+            if out / (c.run_as or c.recipe) not in batches:
+                for d, over in zip(plan[id(c)][1], plan[id(c)][0]):
+                    jobs_.append((hint.get(c.run_as or c.recipe, 0.0), [c], d, _timed_run,
+                                  (c.recipe, str(d), over, progress and runs.serial)))
+        jobs_.sort(key=lambda j: -j[0])  # stable: equal weights keep the claims' order
+        order = []
+        for _, rows_, key, fn, args in jobs_:
+            runs.add(key, 1, fn, *args)
+            order += [c for c in rows_ if c not in order]
         # collected in the order they started (what the progress lines follow), reported in the claims' order
         got = dict(zip(map(id, order), _collect(order, quick, seeds, out, runs, t0, known, done, left, batches)))
         rows = [got[id(c)] for c in chosen]
@@ -196,8 +219,8 @@ def _timed_batch(recipe: str, dirs: list[str], overs: list[dict], root: str, pro
     return [(m, share) for m in ms]
 
 
-def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=frozenset()) -> list[dict]:
-    rows, batched, done_rows, typical = [], {}, [], _typical_run_seconds(quick)
+def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=None) -> list[dict]:
+    rows, batched, done_rows, typical, batches = [], {}, [], _typical_run_seconds(quick), batches or {}
     jobs = len(runs.waiting) + len(runs.running) + runs.collected
     for k, c in enumerate(chosen, 1):
         name = c.run_as or c.recipe
@@ -210,10 +233,11 @@ def _collect(chosen, quick, seeds, out, runs, t0, known, done, left, batches=fro
             tick = None if runs.serial else (lambda name=name: print(
                 f"    … waiting for {name} (elapsed {_clock(time.time() - t0)}; {runs.finished()} of {jobs} jobs "
                 f"finished)", flush=True))
-            if out / name in batches:  # the row's seeds ran as one batch: take this seed's share
-                if out / name not in batched:
-                    batched[out / name] = iter(runs.result(out / name, tick))
-                m, secs = next(batched[out / name])
+            if out / name in batches:  # the row's seeds ran in a batch: take this seed's share
+                key, first = batches[out / name]
+                if key not in batched:
+                    batched[key] = runs.result(key, tick)
+                m, secs = batched[key][first + seed_list.index(seed)]
             else:
                 m, secs = runs.result(out / name / f"seed-{seed}", tick)
             done.append(secs)
