@@ -153,3 +153,24 @@ def test_the_pool_never_runs_more_threads_than_cores(monkeypatch):
         runs.close()
     assert a[0] < b[1] and b[0] < a[1]              # a and b overlapped
     assert c[0] >= max(a[1], b[1]) - 0.05            # c started after both ended
+
+
+def test_a_bimt_grid_trains_as_batches_across_settings_whatever_the_jobs(tmp_path, monkeypatch):
+    from topotorch.sweep import _batches, sweep
+    lams = [{"lam": v} for v in (0, 1e-3, 1e-2)]
+    assert [[(p["lam"], s) for p, s in g] for g in _batches("two-moon", lams, {}, 0, 2, tmp_path)] == \
+        [[(0, 0), (0, 1), (1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)]]
+    monkeypatch.setattr("topotorch.sweep.BATCH_CAP", 4)  # full: the next setting starts a new batch
+    assert [len(g) for g in _batches("two-moon", lams, {}, 0, 2, tmp_path)] == [4, 2]
+    # settings that differ in what the batch shares (its steps) batch their seeds only; a done cell is left out
+    steps = [{"steps": 10}, {"steps": 20}]
+    (tmp_path / "steps=20_seed=1").mkdir()
+    (tmp_path / "steps=20_seed=1" / "metrics.json").write_text("{}")
+    assert [[(p["steps"], s) for p, s in g] for g in _batches("two-moon", steps, {}, 0, 2, tmp_path)] == [[(10, 0), (10, 1)]]
+    assert _batches("toponets-mlp", [{"tau": 0}, {"tau": 1}], {}, 0, 2, tmp_path) == []  # no batched trainer
+    monkeypatch.undo()
+    # one seed per setting: the settings batch together, and two workers train exactly what one process does
+    grid, fixed = {"lam": [0.0, 1e-3]}, {"steps": 60, "swap_interval": 30, "log_interval": 30, "procedure": "seed"}
+    serial = sweep("two-moon", grid, fixed, seeds=1, out=tmp_path / "serial", progress=False)
+    parallel = sweep("two-moon", grid, fixed, seeds=1, out=tmp_path / "parallel", progress=False, jobs=2)
+    assert serial == parallel and (tmp_path / "serial" / "lam=0.0..lam=0.001_replicas" / "log.csv").is_file()

@@ -93,6 +93,30 @@ def _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label, in_batc
     return rows, topo_label_used
 
 
+BATCH_CAP = 20  # replicas per batch: 20 independence seeds train in 2.3× one run's time (benchmarks/seeds.py)
+
+
+def _batches(recipe: str, settings: list[dict], fixed: dict, base: int, seeds: int, out: Path) -> list[list[tuple]]:
+    """The unfinished cells ``(setting, seed)`` that train as batches of replicas: consecutive settings join one
+    batch while the recipe can train them together and it holds at most :data:`BATCH_CAP` (a setting's seeds stay
+    together). The grouping depends on the grid and on which cells are done, never on ``jobs`` or the launcher, so a
+    parallel sweep trains exactly what a serial one does."""
+    cfg = lambda p, s: recipe_config(recipe, {**fixed, **p, "seed": s})
+    groups = []
+    for p in settings:
+        todo = [(p, base + k) for k in range(seeds) if not (out / _cell_name(p, base + k) / "metrics.json").is_file()]
+        if not todo:
+            continue
+        if (groups and groups[-1] is not None and len(groups[-1]) + len(todo) <= BATCH_CAP
+                and batch_refusal(recipe, [cfg(q, s) for q, s in groups[-1] + todo]) is None):
+            groups[-1] += todo
+        elif batch_refusal(recipe, [cfg(q, s) for q, s in todo]) is None:
+            groups.append(todo)
+        else:
+            groups.append(None)  # runs cell by cell; the next setting starts a new batch
+    return [g for g in groups if g is not None and len(g) > 1]
+
+
 def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, out=None, progress: bool = True,
           strength: str | None = None, jobs: int = 1, launcher: str = "pool", slurm: dict | None = None,
           batched: bool = True) -> dict:
@@ -102,8 +126,9 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
     same run as in a serial sweep, so ``sweep.json`` is the same), never more threads than the machine's cores;
     ``launcher="slurm"`` submits each cell as a Slurm job through submitit (``slurm``: its parameters, e.g.
     ``{"slurm_partition": "gpu"}``), collected through the cell directories (see :mod:`topotorch.launch`).
-    ``batched``: a setting's unfinished seeds train as one batched program of replicas where the recipe can
-    (:mod:`topotorch.replicas`; equal to single runs to floating-point tolerance), as one job."""
+    ``batched``: unfinished cells train as batched programs of replicas where the recipe can — a setting's seeds, and
+    consecutive settings that batch together (a λ grid of a BIMT recipe), up to :data:`BATCH_CAP` replicas each
+    (:mod:`topotorch.replicas`; equal to single runs to floating-point tolerance), one job per batch."""
     r = load_recipe(recipe)
     registry.load()
     if r.kind not in FIGURES:
@@ -123,13 +148,11 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
     runs = Runs(jobs, launcher, out / "jobs", slurm)
     in_batch = {}
     try:
-        for p in settings if batched and seeds > 1 else ():  # a setting's unfinished seeds as one batch
-            todo = [(base + k, out / _cell_name(p, base + k)) for k in range(seeds)]
-            todo = [(s, d) for s, d in todo if not (d / "metrics.json").is_file()]
-            overs = [{**fixed, **p, "seed": s} for s, _ in todo]
-            if len(todo) < 2 or batch_refusal(recipe, [recipe_config(recipe, o) for o in overs]) is not None:
-                continue
-            root = out / (_cell_name(p, todo[0][0]).rsplit("_seed=", 1)[0] + "_replicas")
+        for group in _batches(recipe, settings, fixed, base, seeds, out) if batched else ():
+            todo = [(s, out / _cell_name(p, s)) for p, s in group]
+            overs = [{**fixed, **p, "seed": s} for p, s in group]
+            first, last = _cell_name(group[0][0], 0).rsplit("_seed=", 1)[0], _cell_name(group[-1][0], 0).rsplit("_seed=", 1)[0]
+            root = out / ((first if first == last else f"{first}..{last}") + "_replicas")
             resume = (root / "checkpoints").is_dir()
             key = str(root)
             runs.add(key, getattr(recipe_config(recipe, overs[0]), "threads", 1), run_batch, recipe,
