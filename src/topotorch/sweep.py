@@ -93,7 +93,7 @@ def _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label, in_batc
     return rows, topo_label_used
 
 
-BATCH_CAP = 20  # replicas per batch: 20 independence seeds train in 2.3× one run's time (benchmarks/seeds.py)
+BATCH_CAP = 20  # replicas per batch: 20 seeds of a small BIMT MLP train in 2.3× one run's time (benchmarks/seeds.py)
 
 
 def _batches(recipe: str, settings: list[dict], fixed: dict, base: int, seeds: int, out: Path) -> list[list[tuple]]:
