@@ -58,9 +58,13 @@ def parse_grid(items: list[str]) -> tuple[dict, dict]:
     return grid, fixed
 
 
-def _cell_name(params: dict, seed: int) -> str:
+def _setting_name(params: dict) -> str:
     parts = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items()]
-    return "_".join(p.replace("/", "-").replace(" ", "") for p in parts) + f"_seed={seed}"
+    return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
+
+
+def _cell_name(params: dict, seed: int) -> str:
+    return f"{_setting_name(params)}_seed={seed}"
 
 
 def _collect(cells, out, runs, task_fn, topo_fn, task_label, topo_label, in_batch=None):
@@ -151,7 +155,7 @@ def sweep(recipe: str, grid: dict, fixed: dict | None = None, seeds: int = 2, ou
         for group in _batches(recipe, settings, fixed, base, seeds, out) if batched else ():
             todo = [(s, out / _cell_name(p, s)) for p, s in group]
             overs = [{**fixed, **p, "seed": s} for p, s in group]
-            first, last = _cell_name(group[0][0], 0).rsplit("_seed=", 1)[0], _cell_name(group[-1][0], 0).rsplit("_seed=", 1)[0]
+            first, last = _setting_name(group[0][0]), _setting_name(group[-1][0])
             root = out / ((first if first == last else f"{first}..{last}") + "_replicas")
             resume = (root / "checkpoints").is_dir()
             key = str(root)

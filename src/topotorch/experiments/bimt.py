@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+import itertools
 import json
 import math
 
@@ -252,8 +253,8 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
     opt = torch.optim.AdamW(stacked.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     running = RunningLosses(S)
     # one stacked penalty per run of consecutive replicas with the same penalty (a batch of seeds: one for all)
-    keys = [_penalty_key(c) for c in cfgs]
-    groups = _runs(keys)
+    ends = list(itertools.accumulate((len(list(g)) for _, g in itertools.groupby(map(_penalty_key, cfgs))), initial=0))
+    groups = list(zip(ends, ends[1:]))  # [a, b) index ranges of consecutive equal penalties
     callbacks = [StackedPenalty(stacked, [st.cost for st in sts[a:b]], sts[a].lam_at,
                                 int(cfgs[a].bias_penalty_start * cfg.steps), rows=None if len(groups) == 1 else slice(a, b))
                  for a, b in groups] + [running]
@@ -347,16 +348,6 @@ def _penalty_key(cfg: BIMTConfig) -> tuple:
     l1_on, local_on, _ = VARIANTS[cfg.variant]
     return (l1_on, cfg.A if local_on else 0.0, cfg.l0, cfg.exponent, cfg.p, cfg.reduction, cfg.no_penalize_last,
             cfg.lam if l1_on else 0.0, json.dumps(cfg.lam_schedule), int(cfg.bias_penalty_start * cfg.steps))
-
-
-def _runs(keys: list) -> list[tuple[int, int]]:
-    """``[a, b)`` index ranges of consecutive equal keys."""
-    out, a = [], 0
-    for i in range(1, len(keys) + 1):
-        if i == len(keys) or keys[i] != keys[a]:
-            out.append((a, i))
-            a = i
-    return out
 
 
 class _Tagged(Callback):
