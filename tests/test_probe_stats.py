@@ -163,3 +163,15 @@ def test_wiring_length_equals_a_direct_sum_and_pooled_positions_are_block_means(
     c = np.arange(2 * 4 * 4 * 2, dtype=float).reshape(-1, 2)
     p = S.pooled_positions(c, 2, 4, 4, 2, 2)
     assert np.allclose(p[0], c.reshape(2, 4, 4, 2)[0, :2, :2].mean((0, 1)))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_pair_distance_equals_the_row_gather_to_the_last_bit(dim):
+    # the fast path of every distance-binned curve (correlation vs distance, smoothness, wiring length): the
+    # published figures must not move when the arithmetic is reorganised
+    rs = np.random.RandomState(dim)
+    a, b = rs.randn(400, dim) * 37.0, rs.rand(250, dim)
+    i, j = rs.randint(0, 400, 50_000), rs.randint(0, 250, 50_000)
+    assert np.array_equal(S.pair_distance(a, i, b, j), np.sqrt(((a[i] - b[j]) ** 2).sum(1)))
+    k, m = np.triu_indices(400, 1)
+    assert np.array_equal(S.pair_distance(a, k, a, m), np.sqrt(((a[k] - a[m]) ** 2).sum(1)))

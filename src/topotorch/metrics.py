@@ -312,9 +312,9 @@ def correlation_vs_distance(acts, layout_or_coords, bins: int = 12) -> dict:
     from .costs.correlation import correlation_matrix
     r = correlation_matrix(torch.as_tensor(acts, dtype=torch.float32)).double().numpy()
     c = _coords(layout_or_coords)
-    from .probe.stats import binned_curve
+    from .probe.stats import binned_curve, pair_distance
     i, j = np.triu_indices(len(c), 1)
-    cd = binned_curve(np.sqrt(((c[i] - c[j]) ** 2).sum(-1)), r[i, j], bins)
+    cd = binned_curve(pair_distance(c, i, c, j), r[i, j], bins)
     return {"distance": cd["distance"], "correlation": cd["value"], "count": cd["count"]}
 
 
@@ -327,7 +327,8 @@ def smoothness_index(values, layout_or_coords, bins: int = 10) -> float:
     x = np.asarray(values, dtype=np.float64)
     c = _coords(layout_or_coords)
     i, j = np.triu_indices(len(c), 1)
-    dd = np.sqrt(((c[i] - c[j]) ** 2).sum(-1))
+    from .probe.stats import pair_distance
+    dd = pair_distance(c, i, c, j)
     if x.ndim == 2:
         z = x - x.mean(1, keepdims=True)
         nrm = np.linalg.norm(z, axis=1)

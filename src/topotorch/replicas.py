@@ -52,7 +52,9 @@ class _BatchedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved_tensors
-        return torch.bmm(g, W), torch.bmm(g.transpose(1, 2), x), g.sum(1)
+        # the first layer's input needs no gradient, and its ∂x is the largest product (784 wide for MNIST)
+        gx = torch.bmm(g, W) if ctx.needs_input_grad[0] else None
+        return gx, torch.bmm(g.transpose(1, 2), x), g.sum(1)
 
 
 class StackedMLP(nn.Module):
@@ -185,7 +187,7 @@ class _BatchedLinearNoBias(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved_tensors
-        return torch.bmm(g, W), torch.bmm(g.transpose(1, 2), x)
+        return torch.bmm(g, W) if ctx.needs_input_grad[0] else None, torch.bmm(g.transpose(1, 2), x)
 
 
 class StackedLinear(nn.Module):

@@ -11,8 +11,9 @@ import numpy as np
 from scipy import sparse, stats
 from scipy.spatial import cKDTree
 
-__all__ = ["coords_of", "neighbours", "morans_i", "morans_i_test", "smooth_map", "is_grid", "welch_t", "fdr",
-           "dprime", "patches", "binned_curve", "pair_sample", "connections", "pooled_positions", "wiring_length"]
+__all__ = ["coords_of", "neighbours", "morans_i", "morans_i_test", "morans_i_tests", "smooth_map", "is_grid",
+           "welch_t", "fdr", "dprime", "patches", "binned_curve", "pair_sample", "pair_distance", "connections",
+           "pooled_positions", "wiring_length"]
 
 
 def coords_of(layout_or_coords) -> np.ndarray:
@@ -123,26 +124,46 @@ def morans_i_test(values, layout_or_coords, permutations: int = 999, seed: int =
     Returns ``{"i", "null_mean", "null_sd", "p_value", "permutations", "null" (the null values)}``; ``p_value`` is one-sided (positive
     autocorrelation, i.e. topography): ``(1 + #{I_null ≥ I}) / (1 + permutations)``. Permutation ``k`` is the
     ``k``-th ``RandomState(seed).permutation(n)``, so a direct loop reproduces it."""
-    x = np.asarray(values, dtype=np.float64).ravel()
+    return morans_i_tests([values], layout_or_coords, permutations, seed, (fwhm,), radius, chunk)[0][0]
+
+
+def morans_i_tests(maps, layout_or_coords, permutations: int = 999, seed: int = 0, fwhms=(None,),
+                   radius: float = 1.0, chunk: int = 64) -> list[list[dict]]:
+    """:func:`morans_i_test` of several maps on one sheet (``maps``: a sequence of ``(n,)`` maps), unsmoothed
+    and/or smoothed (``fwhms``, ``None`` for unsmoothed): ``result[f][k]`` equals ``morans_i_test(maps[k], …,
+    fwhm=fwhms[f])`` to the last bit. The neighbour weights, smoothing kernel and permutations (the same seeded
+    sequence for every map) are computed once — a category probe tests one map per category, raw and smoothed."""
+    xs = [np.asarray(v, dtype=np.float64).ravel() for v in maps]
     c = coords_of(layout_or_coords)
-    if len(x) != len(c):
-        raise ValueError(f"{len(x)} values for {len(c)} positions")
+    for x in xs:
+        if len(x) != len(c):
+            raise ValueError(f"{len(x)} values for {len(c)} positions")
     if permutations < 1:
         raise ValueError(f"permutations must be ≥ 1, got {permutations}")
+    n = len(c)
     W = neighbours(c, radius)
-    obs = float(_morans((smooth_map(x, c, fwhm) if fwhm else x)[:, None], W)[0])
+    grid_ = is_grid(c)
+    kernels = {f: _gauss_kernel(c, f / (2 * np.sqrt(2 * np.log(2)))) for f in fwhms if f and not grid_}
+    obs = [[float(_morans((smooth_map(x, c, f) if f else x)[:, None], W)[0]) for x in xs] for f in fwhms]
     rs = np.random.RandomState(seed)
-    K = None if not fwhm or is_grid(c) else _gauss_kernel(c, fwhm / (2 * np.sqrt(2 * np.log(2))))
-    null = []
+    null = [[[] for _ in xs] for _ in fwhms]
     for start in range(0, permutations, chunk):
-        Z = np.stack([x[rs.permutation(len(x))] for _ in range(min(chunk, permutations - start))], 1)
-        if fwhm:
-            Z = np.asarray(K @ Z) if K is not None else _smooth_grid_columns(Z, c, fwhm)
-        null.append(_morans(Z, W))
-    null = np.concatenate(null)
-    return {"i": obs, "null_mean": float(null.mean()), "null_sd": float(null.std(ddof=1)) if len(null) > 1 else 0.0,
-            "p_value": float((1 + (null >= obs - 1e-12).sum()) / (1 + len(null))), "permutations": int(len(null)),
-            "null": null}
+        perms = [rs.permutation(n) for _ in range(min(chunk, permutations - start))]
+        for k, x in enumerate(xs):
+            Z = np.stack([x[p] for p in perms], 1)
+            for a, f in enumerate(fwhms):
+                Zf = (np.asarray(kernels[f] @ Z) if f in kernels else _smooth_grid_columns(Z, c, f)) if f else Z
+                null[a][k].append(_morans(Zf, W))
+    out = []
+    for a in range(len(fwhms)):
+        row = []
+        for k in range(len(xs)):
+            nl, o = np.concatenate(null[a][k]), obs[a][k]
+            row.append({"i": o, "null_mean": float(nl.mean()), "null_sd": float(nl.std(ddof=1)) if len(nl) > 1 else 0.0,
+                        "p_value": float((1 + (nl >= o - 1e-12).sum()) / (1 + len(nl))), "permutations": int(len(nl)),
+                        "null": nl})
+        out.append(row)
+    return out
 
 
 def welch_t(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -207,6 +228,19 @@ def pair_sample(n: int, max_pairs: int = 2_000_000, seed: int = 0) -> tuple[np.n
     i, j = rs.randint(0, n, max_pairs), rs.randint(0, n - 1, max_pairs)
     j = j + (j >= i)
     return i, j
+
+
+def pair_distance(a: np.ndarray, i, b: np.ndarray | None = None, j=None) -> np.ndarray:
+    """Euclidean distances ``|a[i] − b[j]|`` of index pairs (``b`` defaults to ``a``), equal to the last bit to
+    ``np.sqrt(((a[i] - b[j]) ** 2).sum(1))``: summed over coordinates in the same order, but gathered one
+    coordinate at a time, which is ~9× faster than gathering rows for millions of pairs."""
+    b = a if b is None else b
+    acc = None
+    for k in range(a.shape[1]):
+        e = np.ascontiguousarray(a[:, k])[i] - np.ascontiguousarray(b[:, k])[j]
+        e *= e
+        acc = e if acc is None else np.add(acc, e, out=acc)
+    return np.sqrt(acc, out=acc)
 
 
 def binned_curve(distance, value, bins: int = 12) -> dict:
@@ -285,7 +319,7 @@ def wiring_length(dst, src, weight, dst_coords, src_coords, permutations: int = 
         raise ValueError("no connection has a non-zero weight")
 
     def length(bpos):
-        return float((w * np.sqrt(((a[dst] - bpos[src]) ** 2).sum(1))).sum() / w.sum())
+        return float((w * pair_distance(a, dst, bpos, src)).sum() / w.sum())
     obs = length(b)
     rs = np.random.RandomState(seed)
     null = np.array([length(b[rs.permutation(len(b))]) for _ in range(permutations)])

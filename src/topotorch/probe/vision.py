@@ -9,6 +9,8 @@ photographs).
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..hooks import responses
-from .maps import map_test
+from .maps import map_tests
 from .sheets import Sheet
-from .stats import binned_curve, coords_of, dprime, fdr, pair_sample, patches, smooth_map, welch_t
+from .stats import binned_curve, coords_of, dprime, fdr, pair_distance, pair_sample, patches, smooth_map, welch_t
 
 __all__ = ["Gratings", "gratings", "orientation_tuning", "orientation_map", "count_pinwheels", "column_spacing",
            "pinwheel_density", "preference_smoothness", "category_images", "natural_images", "category_selectivity",
@@ -181,8 +183,24 @@ def natural_images(size: int | tuple[int, int], channels: int = 3, n: int = 256,
     """``n`` random square crops (a quarter to all of the shorter side) of scikit-image's bundled photographs
     (:data:`NATURAL`, no download), resized to ``size``, in [0, 1]; grey photographs are repeated over channels,
     colour ones averaged for a one-channel model."""
-    from skimage import data as skd
     H, W = (size, size) if isinstance(size, int) else size
+    photos = _photos(channels != 3)
+    rs = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        p = photos[rs.randint(len(photos))]
+        side = rs.randint(min(p.shape[1:]) // 4, min(p.shape[1:]) + 1)
+        y0, x0 = rs.randint(p.shape[1] - side + 1), rs.randint(p.shape[2] - side + 1)
+        out.append(_resize(p[None, :, y0:y0 + side, x0:x0 + side], (H, W), channels))
+    return torch.cat(out)
+
+
+@functools.lru_cache(maxsize=2)
+def _photos(grey: bool) -> tuple[torch.Tensor, ...]:
+    """:data:`NATURAL` as ``(C, H, W)`` tensors in [0, 1], read once per process (every probed arm crops the same
+    photographs); ``grey`` (a model that does not read 3 channels): colour photographs averaged over their
+    channels, per pixel, so a crop of the average is the average of the crop."""
+    from skimage import data as skd
     photos = []
     for nm in NATURAL:
         try:
@@ -190,20 +208,11 @@ def natural_images(size: int | tuple[int, int], channels: int = 3, n: int = 256,
         except Exception:  # an image this scikit-image version does not ship
             continue
         a = a / (255.0 if a.max() > 1.5 else 1.0)
-        photos.append(torch.tensor(a if a.ndim == 3 else a[..., None])[..., :3].permute(2, 0, 1))
+        p = torch.tensor(a if a.ndim == 3 else a[..., None])[..., :3].permute(2, 0, 1)
+        photos.append(p.mean(0, keepdim=True) if grey and len(p) != 1 else p)
     if not photos:
         raise RuntimeError("scikit-image ships none of its natural photographs on this install")
-    rs = np.random.RandomState(seed)
-    out = []
-    for _ in range(n):
-        p = photos[rs.randint(len(photos))]
-        side = rs.randint(min(p.shape[1:]) // 4, min(p.shape[1:]) + 1)
-        y0, x0 = rs.randint(p.shape[1] - side + 1), rs.randint(p.shape[2] - side + 1)
-        crop = p[None, :, y0:y0 + side, x0:x0 + side]
-        if crop.shape[1] != channels:
-            crop = crop.mean(1, keepdim=True)
-        out.append(_resize(crop, (H, W), channels))
-    return torch.cat(out)
+    return tuple(photos)
 
 
 def sheet_responses(model, sheets: list[Sheet], images: torch.Tensor, batch: int = 64, transform=None,
@@ -353,7 +362,7 @@ def preference_smoothness(values, layout, period: float | None = None, bins: int
         d = np.abs(a - b)
         return np.minimum(d % period, period - d % period) if period else d
     i, j = pair_sample(len(v), max_pairs, seed)
-    d = np.sqrt(((c[i] - c[j]) ** 2).sum(1))
+    d = pair_distance(c, i, c, j)
     dv = diff(v[i], v[j])
     curve = binned_curve(d, dv, bins)
     cb = np.asarray(curve["value"])
@@ -376,19 +385,19 @@ def category_selectivity(resp, labels, names, layout, fwhm: float | None = 2.0, 
     y = np.asarray(labels)
     c = coords_of(layout)
     pf = patch_fwhm or max(2.0, 0.04 * float(np.ptp(c, 0).max()))
-    out = {}
+    rest, maps = {}, []
     for k, name in enumerate(names):
         a, b = r[y == k], r[y != k]
         if len(a) < 2 or len(b) < 2:
             raise ValueError(f"category {name!r} has {len(a)} images: each category needs at least two")
         t, p = welch_t(a, b)
         _, sig = fdr(p)
-        sm = smooth_map(t, c, pf)
-        pt = patches(sm, c, patch_threshold, min_units)
-        out[name] = {**map_test(t, c, fwhm, permutations, seed), "significant_units": int(sig.sum()),
-                     "dprime_mean": float(dprime(a, b).mean()), "t_map": t.tolist(),
-                     "patches": pt["count"], "patch_sizes": pt["sizes"], "patch_fwhm": pf, "patch_labels": pt["labels"]}
-    return out
+        pt = patches(smooth_map(t, c, pf), c, patch_threshold, min_units)
+        maps.append(t)
+        rest[name] = {"significant_units": int(sig.sum()), "dprime_mean": float(dprime(a, b).mean()), "t_map": t.tolist(),
+                      "patches": pt["count"], "patch_sizes": pt["sizes"], "patch_fwhm": pf, "patch_labels": pt["labels"]}
+    # every category's map against the same shuffles, drawn once
+    return {name: {**test, **rest[name]} for name, test in zip(names, map_tests(maps, c, fwhm, permutations, seed))}
 
 
 def correlation_vs_distance(resp, layout, bins: int = 12, max_units: int = 3000, seed: int = 0) -> dict:
@@ -406,4 +415,4 @@ def correlation_vs_distance(resp, layout, bins: int = 12, max_units: int = 3000,
     R = (x.T @ x / (len(x) - 1)).numpy()
     i, j = np.triu_indices(len(keep), 1)
     cc = c[keep]
-    return binned_curve(np.sqrt(((cc[i] - cc[j]) ** 2).sum(1)), R[i, j], bins)
+    return binned_curve(pair_distance(cc, i, cc, j), R[i, j], bins)
