@@ -36,6 +36,28 @@ def test_morans_i_and_permutation_p_match_a_direct_numpy_permutation_test(layout
     assert got["p_value"] < 0.05  # the trend is found
 
 
+@pytest.mark.parametrize("layout", ["grid", "retinotopic"])
+def test_several_maps_share_one_set_of_shuffles_and_each_matches_a_direct_permutation_test(layout):
+    # a category probe tests one map per category, raw and smoothed, against one draw of the shuffles
+    rs = np.random.RandomState(4)
+    lay = grid(9, 11, spacing=1.0) if layout == "grid" else retinotopic(4, 6, 6, seed=1)
+    c = lay.unit_coords.numpy()
+    maps = [rs.randn(len(c)) + a * np.sin(c[:, 0] / 3) for a in (0.0, 0.8, 2.0)]
+    got = S.morans_i_tests(maps, lay, permutations=70, seed=2, fwhms=(None, 2.0))  # 70: a last chunk of 6
+    for k, x in enumerate(maps):
+        perm = np.random.RandomState(2)
+        shuffles = [x[perm.permutation(len(x))] for _ in range(70)]
+        raw = np.array([_dense_morans(z, c) for z in shuffles])
+        smooth = np.array([_dense_morans(S.smooth_map(z, lay, 2.0), c) for z in shuffles])
+        assert got[0][k]["i"] == pytest.approx(_dense_morans(x, c), abs=1e-12)
+        assert got[1][k]["i"] == pytest.approx(_dense_morans(S.smooth_map(x, lay, 2.0), c), abs=1e-12)
+        np.testing.assert_allclose(got[0][k]["null"], raw, atol=1e-12)
+        np.testing.assert_allclose(got[1][k]["null"], smooth, atol=1e-10)
+        assert got[0][k]["p_value"] == pytest.approx((1 + (raw >= got[0][k]["i"] - 1e-12).sum()) / 71)
+        one = S.morans_i_test(x, lay, 70, 2, fwhm=2.0)
+        assert one["i"] == got[1][k]["i"] and np.array_equal(one["null"], got[1][k]["null"])
+
+
 def test_random_map_is_not_significant_and_smoothing_lifts_the_null():
     lay = grid(20, 20, spacing=1.0)
     x = np.random.RandomState(0).randn(400)
