@@ -67,6 +67,7 @@ class TDANNResNetConfig:
     checkpoint_interval: int = 100
     threads: int = 2
     permutations: int = 199         # shuffled-position permutations per selectivity map (p ≥ 1/200)
+    channels_last: bool = True      # NHWC activations: a ~20 % faster step on CPU (last bits differ from NCHW)
 
     def validate(self):
         check_length(self)
@@ -151,6 +152,8 @@ def run_tdann_resnet(cfg: TDANNResNetConfig, out, resume: bool = False, progress
 
     def one(arm):
         model = ResNet18(classes=len(names), width=cfg.width, in_channels=1)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         topo = attach(model, list(SHEETS), units="locations", example_input=xtr[:2],
                       alpha=cfg.alpha if arm == "topo" else 0.0, mode=cfg.mode, seed=cfg.seed)
         # the same positions in both arms: same initial weights, same grating responses, same seeded search
