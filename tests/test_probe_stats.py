@@ -197,3 +197,18 @@ def test_pair_distance_equals_the_row_gather_to_the_last_bit(dim):
     assert np.array_equal(S.pair_distance(a, i, b, j), np.sqrt(((a[i] - b[j]) ** 2).sum(1)))
     k, m = np.triu_indices(400, 1)
     assert np.array_equal(S.pair_distance(a, k, a, m), np.sqrt(((a[k] - a[m]) ** 2).sum(1)))
+
+
+@pytest.mark.parametrize("layout", ["grid", "retinotopic"])
+def test_smoothing_many_maps_or_block_by_block_equals_smoothing_each_with_the_whole_kernel(layout, monkeypatch):
+    # a wide kernel on a large sheet (TDANN's patch smoothing at 4 % of a 200k-unit sheet) cannot be held whole
+    lay = grid(18, 15, spacing=1.0) if layout == "grid" else retinotopic(9, 10, 10, seed=3)
+    Z = np.random.RandomState(5).randn(lay.n, 4)
+    one_by_one = np.stack([S.smooth_map(Z[:, k], lay, 5.0) for k in range(4)], 1)
+    assert np.array_equal(S.smooth_maps(Z, lay, 5.0), one_by_one)
+    if layout == "retinotopic":
+        monkeypatch.setattr(S, "KERNEL_ENTRIES", 500)  # blocks of a few units
+        smoother = S._GaussSmoother(lay.unit_coords.numpy(), 5.0 / (2 * np.sqrt(2 * np.log(2))))
+        assert smoother.K is None
+        np.testing.assert_allclose(smoother(Z), one_by_one, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(S.smooth_map(Z[:, 0], lay, 5.0), one_by_one[:, 0], rtol=1e-13, atol=1e-13)

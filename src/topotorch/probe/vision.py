@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from ..hooks import responses
 from .maps import map_tests
 from .sheets import Sheet
-from .stats import binned_curve, coords_of, dprime, fdr, pair_distance, pair_sample, patches, smooth_map, welch_t
+from .stats import (binned_curve, coords_of, dprime, fdr, pair_distance, pair_sample, patches, smooth_maps,
+                    welch_t)
 
 __all__ = ["Gratings", "gratings", "orientation_tuning", "orientation_map", "count_pinwheels", "column_spacing",
            "pinwheel_density", "preference_smoothness", "category_images", "natural_images", "category_selectivity",
@@ -392,10 +393,12 @@ def category_selectivity(resp, labels, names, layout, fwhm: float | None = 2.0, 
             raise ValueError(f"category {name!r} has {len(a)} images: each category needs at least two")
         t, p = welch_t(a, b)
         _, sig = fdr(p)
-        pt = patches(smooth_map(t, c, pf), c, patch_threshold, min_units)
         maps.append(t)
-        rest[name] = {"significant_units": int(sig.sum()), "dprime_mean": float(dprime(a, b).mean()), "t_map": t.tolist(),
-                      "patches": pt["count"], "patch_sizes": pt["sizes"], "patch_fwhm": pf, "patch_labels": pt["labels"]}
+        rest[name] = {"significant_units": int(sig.sum()), "dprime_mean": float(dprime(a, b).mean()), "t_map": t.tolist()}
+    smoothed = smooth_maps(np.stack(maps, 1), c, pf)  # one kernel for every category's map (wide on a large sheet)
+    for k, name in enumerate(names):
+        pt = patches(smoothed[:, k], c, patch_threshold, min_units)
+        rest[name].update(patches=pt["count"], patch_sizes=pt["sizes"], patch_fwhm=pf, patch_labels=pt["labels"])
     # every category's map against the same shuffles, drawn once
     return {name: {**test, **rest[name]} for name, test in zip(names, map_tests(maps, c, fwhm, permutations, seed))}
 
