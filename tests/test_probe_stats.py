@@ -212,3 +212,19 @@ def test_smoothing_many_maps_or_block_by_block_equals_smoothing_each_with_the_wh
         assert smoother.K is None
         np.testing.assert_allclose(smoother(Z), one_by_one, rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(S.smooth_map(Z[:, 0], lay, 5.0), one_by_one[:, 0], rtol=1e-13, atol=1e-13)
+
+
+def test_scattered_smoothing_is_the_gaussian_weighted_mean_of_the_units_within_four_sigma(monkeypatch):
+    # an independent dense computation: every unit within 4σ (itself and coincident units included) weighs
+    # exp(−d²/2σ²) — the unit itself once, not twice
+    rs = np.random.RandomState(0)
+    c = rs.rand(80, 2) * 6
+    c[1] = c[0]
+    x, sigma = rs.randn(80), 0.7
+    d = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1))
+    W = np.where(d <= 4 * sigma, np.exp(-0.5 * (d / sigma) ** 2), 0.0)
+    want = W @ x / W.sum(1)
+    fwhm = sigma * 2 * np.sqrt(2 * np.log(2))
+    np.testing.assert_allclose(S.smooth_map(x, c, fwhm), want, rtol=0, atol=1e-13)
+    monkeypatch.setattr(S, "KERNEL_ENTRIES", 10)  # block by block
+    np.testing.assert_allclose(S.smooth_map(x, c, fwhm), want, rtol=0, atol=1e-13)

@@ -150,8 +150,7 @@ class _GaussSmoother:
             near = self.tree.query_ball_point(c[s:s + block], 4 * self.sigma)
             rows = np.repeat(np.arange(len(near)), [len(v) for v in near])
             cols = np.concatenate([np.asarray(v, dtype=np.int64) for v in near])
-            w = np.exp(-0.5 * (pair_distance(c, rows + s, c, cols) / self.sigma) ** 2)
-            w[rows + s == cols] += 1.0  # _gauss_kernel's identity term: a unit counts itself twice there too
+            w = np.exp(-0.5 * (pair_distance(c, rows + s, c, cols) / self.sigma) ** 2)  # the unit itself: exp(0) = 1
             K = sparse.csr_matrix((w, (rows, cols)), shape=(len(near), n))
             K = sparse.diags(1.0 / np.asarray(K.sum(1)).ravel()) @ K
             out[s:s + block] = K @ Z
@@ -161,8 +160,10 @@ class _GaussSmoother:
 def _gauss_kernel(c: np.ndarray, sigma: float, tree=None) -> sparse.csr_matrix:
     tree = cKDTree(c) if tree is None else tree
     D = tree.sparse_distance_matrix(tree, 4 * sigma, output_type="coo_matrix")
-    w = np.exp(-0.5 * (D.data / sigma) ** 2)
-    K = sparse.csr_matrix((w, (D.row, D.col)), shape=D.shape) + sparse.identity(len(c), format="csr")
+    other = D.row != D.col  # the unit itself once, weight exp(0) = 1, whether or not scipy lists the zero-distance pair
+    w = np.exp(-0.5 * (D.data[other] / sigma) ** 2)
+    K = (sparse.csr_matrix((w, (D.row[other], D.col[other])), shape=D.shape)
+         + sparse.identity(len(c), format="csr"))
     return sparse.diags(1.0 / np.asarray(K.sum(1)).ravel()) @ K
 
 
