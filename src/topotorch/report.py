@@ -171,7 +171,7 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
         # queued at once, the longest jobs first (so that no long job starts last, alone; a batch is one job of all
         # its runs); with workers they start as cores free up; collected in the report's order below
         hint = {**_typical_run_seconds(quick), **known}
-        batches, jobs_ = {}, []  # batches: a batched row's directory → (its batch's key, its first run's index)
+        batches, queue = {}, []  # batches: a batched row's directory → (its batch's key, its first run's index)
         for g in groups:
             if len(g["cfgs"]) < 2:
                 continue
@@ -182,16 +182,16 @@ def reproduce(out="reproduce", quick: bool = False, only: list[str] | None = Non
                 dirs += plan[id(c)][1]
                 overs += plan[id(c)][0]
             weight = sum(hint.get(c.run_as or c.recipe, 0.0) * seeds for c in g["rows"])
-            jobs_.append((weight, g["rows"], key, _timed_batch,
+            queue.append((weight, g["rows"], key, _timed_batch,
                           (g["recipe"], [str(d) for d in dirs], overs, str(key / "replicas"), progress and runs.serial)))
         for c in chosen:
             if out / (c.run_as or c.recipe) not in batches:
                 for d, over in zip(plan[id(c)][1], plan[id(c)][0]):
-                    jobs_.append((hint.get(c.run_as or c.recipe, 0.0), [c], d, _timed_run,
+                    queue.append((hint.get(c.run_as or c.recipe, 0.0), [c], d, _timed_run,
                                   (c.recipe, str(d), over, progress and runs.serial)))
-        jobs_.sort(key=lambda j: -j[0])  # stable: equal weights keep the claims' order
+        queue.sort(key=lambda j: -j[0])  # stable: equal weights keep the claims' order
         order = []
-        for _, rows_, key, fn, args in jobs_:
+        for _, rows_, key, fn, args in queue:
             runs.add(key, 1, fn, *args)
             order += [c for c in rows_ if c not in order]
         # collected in the order they started (what the progress lines follow), reported in the claims' order

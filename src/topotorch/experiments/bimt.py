@@ -253,7 +253,8 @@ def run_bimt_replicas(cfgs: list[BIMTConfig], outs: list, root, resume: bool = F
     opt = torch.optim.AdamW(stacked.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     running = RunningLosses(S)
     # one stacked penalty per run of consecutive replicas with the same penalty (a batch of seeds: one for all)
-    ends = list(itertools.accumulate((len(list(g)) for _, g in itertools.groupby(map(_penalty_key, cfgs))), initial=0))
+    sizes = [len(list(g)) for _, g in itertools.groupby(map(_penalty_key, cfgs))]
+    ends = list(itertools.accumulate(sizes, initial=0))
     groups = list(zip(ends, ends[1:]))  # [a, b) index ranges of consecutive equal penalties
     callbacks = [StackedPenalty(stacked, [st.cost for st in sts[a:b]], sts[a].lam_at,
                                 int(cfgs[a].bias_penalty_start * cfg.steps), rows=None if len(groups) == 1 else slice(a, b))

@@ -76,35 +76,27 @@ def smooth_map(values, layout_or_coords, fwhm: float) -> np.ndarray:
     ``gaussian_filter``, edges renormalised); on any other layout, the Gaussian-weighted mean of the units
     within 4σ (sparse)."""
     x = np.asarray(values, dtype=np.float64).ravel()
-    c = coords_of(layout_or_coords)
-    if len(x) != len(c):
-        raise ValueError(f"{len(x)} values for {len(c)} positions")
-    if not fwhm > 0:
-        raise ValueError(f"fwhm must be positive, got {fwhm}")
-    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
-    if is_grid(c):
-        from scipy.ndimage import gaussian_filter
-        g = np.rint(c).astype(int)
-        g -= g.min(0)
-        img, mask = np.zeros(g.max(0)[::-1] + 1), np.zeros(g.max(0)[::-1] + 1)
-        img[g[:, 1], g[:, 0]], mask[g[:, 1], g[:, 0]] = x, 1.0
-        sm = gaussian_filter(img, sigma, mode="constant") / np.maximum(gaussian_filter(mask, sigma, mode="constant"), 1e-12)
-        return sm[g[:, 1], g[:, 0]]
-    return _GaussSmoother(c, sigma)(x)
+    return smooth_maps(x[:, None], layout_or_coords, fwhm)[:, 0]
 
 
 def smooth_maps(Z, layout_or_coords, fwhm: float) -> np.ndarray:
-    """:func:`smooth_map` of every column of ``Z (n, k)`` at once (one kernel for all maps), ``(n, k)``; each column
-    equal to its own :func:`smooth_map`."""
+    """:func:`smooth_map` of every column of ``Z (n, k)`` at once (one kernel for all maps), ``(n, k)``."""
     Z = np.asarray(Z, dtype=np.float64)
     c = coords_of(layout_or_coords)
     if Z.ndim != 2 or len(Z) != len(c):
-        raise ValueError(f"maps must be (units, k) with {len(c)} units, got shape {Z.shape}")
+        raise ValueError(f"{len(Z)} values for {len(c)} positions" if Z.ndim == 2 else
+                         f"maps must be (units, k), got shape {Z.shape}")
+    return _smoother(c, fwhm)(Z)
+
+
+def _smoother(c: np.ndarray, fwhm: float):
+    """``Z (n, k) → Z`` smoothed by a Gaussian of ``fwhm`` cells on layout ``c`` (see :func:`smooth_map`): built once,
+    applied to any number of stacks of maps."""
     if not fwhm > 0:
         raise ValueError(f"fwhm must be positive, got {fwhm}")
     if is_grid(c):
-        return _smooth_grid_columns(Z, c, fwhm)
-    return _GaussSmoother(c, fwhm / (2 * np.sqrt(2 * np.log(2))))(Z)
+        return lambda Z: _smooth_grid_columns(Z, c, fwhm)
+    return _GaussSmoother(c, fwhm / (2 * np.sqrt(2 * np.log(2))))
 
 
 def _smooth_grid_columns(Z: np.ndarray, c: np.ndarray, fwhm: float) -> np.ndarray:
@@ -126,7 +118,7 @@ KERNEL_ENTRIES = 20_000_000
 
 
 class _GaussSmoother:
-    """The row-normalised Gaussian kernel of :func:`_gauss_kernel` applied to ``(n,)`` or ``(n, k)`` values. When the
+    """The row-normalised Gaussian kernel of :func:`_gauss_kernel` applied to ``(n, k)`` values. When the
     kernel would hold more than :data:`KERNEL_ENTRIES` entries (a wide ``fwhm`` on a large sheet: TDANN's patch
     smoothing at 4 % of a 200k-unit sheet's extent has ~3,000 neighbours per unit), it is formed and applied for one
     block of units at a time, so memory stays ∝ block × neighbours instead of n × neighbours (equal to the whole
@@ -140,9 +132,9 @@ class _GaussSmoother:
         self.K = _gauss_kernel(c, sigma, self.tree) if self.neighbours * n <= KERNEL_ENTRIES else None
 
     def __call__(self, Z: np.ndarray) -> np.ndarray:
+        """``Z (n, k)`` smoothed."""
         if self.K is not None:
-            out = np.asarray(self.K @ Z)
-            return out.ravel() if Z.ndim == 1 else out
+            return np.asarray(self.K @ Z)
         c, n = self.c, len(self.c)
         block = max(1, int(KERNEL_ENTRIES // 4 / max(1.0, self.neighbours)))
         out = np.empty(Z.shape, dtype=np.float64)
@@ -193,9 +185,8 @@ def morans_i_tests(maps, layout_or_coords, permutations: int = 999, seed: int = 
         raise ValueError(f"permutations must be ≥ 1, got {permutations}")
     n = len(c)
     W = neighbours(c, radius)
-    grid_ = is_grid(c)
-    kernels = {f: _GaussSmoother(c, f / (2 * np.sqrt(2 * np.log(2)))) for f in fwhms if f and not grid_}
-    obs = [[float(_morans((smooth_map(x, c, f) if f else x)[:, None], W)[0]) for x in xs] for f in fwhms]
+    smooth = {f: _smoother(c, f) for f in fwhms if f}  # each kernel built once, for the maps and their shuffles
+    obs = [[float(_morans(smooth[f](x[:, None]) if f else x[:, None], W)[0]) for x in xs] for f in fwhms]
     rs = np.random.RandomState(seed)
     null = [[[] for _ in xs] for _ in fwhms]
     for start in range(0, permutations, chunk):
@@ -203,8 +194,7 @@ def morans_i_tests(maps, layout_or_coords, permutations: int = 999, seed: int = 
         for k, x in enumerate(xs):
             Z = np.stack([x[p] for p in perms], 1)
             for a, f in enumerate(fwhms):
-                Zf = (kernels[f](Z) if f in kernels else _smooth_grid_columns(Z, c, f)) if f else Z
-                null[a][k].append(_morans(Zf, W))
+                null[a][k].append(_morans(smooth[f](Z) if f else Z, W))
     out = []
     for a in range(len(fwhms)):
         row = []

@@ -10,7 +10,6 @@ photographs).
 from __future__ import annotations
 
 import functools
-
 import math
 from dataclasses import dataclass
 from pathlib import Path
